@@ -1,0 +1,230 @@
+"""Fixtures: a fresh copy of the project per test, run through its CLI as a user runs it,
+against a real SQLite file or a real PostgreSQL server that the test session starts."""
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_PASSWORD = "migrate-secret"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "postgresql: needs a PostgreSQL server (initdb)")
+
+
+class Project:
+    """A copy of migrate_example.py (and usually migrations/) in a temp folder."""
+
+    def __init__(self, path, database_url=None):
+        self.path = path
+        self.module = path / "migrate_example.py"
+        self.database_url = database_url or f"sqlite:///{path / 'data.db'}"
+        self.env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "FLASK_APP")}
+        if database_url:
+            self.env["DATABASE_URL"] = database_url
+
+    def db(self, *args, cwd=None, env=None, **kwargs):
+        """Run `python migrate_example.py db ARGS...`; return (exit code, stdout+stderr)."""
+        return self.run(sys.executable, self.module, "db", *args, cwd=cwd, env=env, **kwargs)
+
+    def run(self, *argv, cwd=None, env=None, timeout=120):
+        proc = subprocess.run(
+            [str(a) for a in argv],
+            cwd=cwd or self.path,
+            env={**self.env, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+        )
+        return proc.returncode, proc.stdout
+
+    def edit_module(self, old, new):
+        """Change the models the way a user edits migrate_example.py."""
+        text = self.module.read_text()
+        assert old in text, old
+        self.module.write_text(text.replace(old, new, 1))
+
+    def engine(self):
+        return sa.create_engine(self.database_url)
+
+    def inspector(self):
+        return sa.inspect(self.engine())
+
+    def columns(self, table):
+        return [c["name"] for c in self.inspector().get_columns(table)]
+
+    def tables(self):
+        return set(self.inspector().get_table_names())
+
+    def query(self, sql, **params):
+        engine = self.engine()
+        try:
+            with engine.connect() as conn:
+                return [tuple(row) for row in conn.execute(sa.text(sql), params)]
+        finally:
+            engine.dispose()
+
+    def execute(self, sql, rows=None):
+        engine = self.engine()
+        try:
+            with engine.begin() as conn:
+                conn.execute(sa.text(sql), rows or {})
+        finally:
+            engine.dispose()
+
+    def version(self):
+        if "alembic_version" not in self.tables():
+            return None
+        rows = self.query("SELECT version_num FROM alembic_version")
+        return rows[0][0] if rows else None
+
+    def revisions(self):
+        """Revision ids of migrations/versions, base first."""
+        script_dir = self.path / "migrations"
+        from alembic.script import ScriptDirectory
+
+        scripts = ScriptDirectory(str(script_dir))
+        return [s.revision for s in reversed(list(scripts.walk_revisions()))]
+
+
+def copy_project(dest, with_migrations=True):
+    dest.mkdir()
+    shutil.copy(ROOT / "migrate_example.py", dest)
+    if with_migrations:
+        shutil.copytree(
+            ROOT / "migrations", dest / "migrations", ignore=shutil.ignore_patterns("__pycache__")
+        )
+    return dest
+
+
+# --- PostgreSQL: a throwaway cluster for the whole session ------------------------------
+
+
+def find_pg_bin():
+    """Debian keeps the server binaries out of PATH, under /usr/lib/postgresql/N/bin."""
+    initdb = shutil.which("initdb")
+    if initdb:
+        return Path(initdb).resolve().parent
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(found[-1]).parent if found else None
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PostgresServer:
+    def __init__(self, bindir, workdir):
+        self.bindir = bindir
+        self.workdir = workdir
+        self.datadir = workdir / "data"
+        self.port = free_port()
+        # initdb and postgres refuse to run as root: run them as the postgres user.
+        self.user = "postgres" if os.geteuid() == 0 else None
+
+    def pg(self, tool, *args):
+        subprocess.run(
+            [str(self.bindir / tool), *map(str, args)],
+            check=True,
+            user=self.user,
+            cwd=self.workdir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+
+    def start(self):
+        pwfile = self.workdir / "pwfile"
+        pwfile.write_text(PG_PASSWORD)
+        if self.user:
+            shutil.chown(self.workdir, self.user)
+            shutil.chown(pwfile, self.user)
+        self.pg("initdb", "-D", self.datadir, "-U", "postgres", f"--pwfile={pwfile}",
+                "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C")
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.workdir} -c fsync=off"
+        self.pg("pg_ctl", "-D", self.datadir, "-o", options, "-l", self.workdir / "log",
+                "-w", "start")
+
+    def stop(self):
+        self.pg("pg_ctl", "-D", self.datadir, "-m", "immediate", "-w", "stop")
+
+    def url(self, dbname="postgres", password=PG_PASSWORD):
+        return f"postgresql://postgres:{password}@127.0.0.1:{self.port}/{dbname}"
+
+    def admin(self, sql):
+        engine = sa.create_engine(self.url(), isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text(sql))
+        finally:
+            engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    bindir = find_pg_bin()
+    if bindir is None:
+        message = "PostgreSQL server binaries not found (apt-get install -y postgresql)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    server = PostgresServer(bindir, Path(tempfile.mkdtemp(prefix="migrate-pg-")))
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(server.workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_database(pg_server):
+    """A fresh, empty database on the session's server; its URL."""
+    name = "t_" + uuid.uuid4().hex[:12]
+    pg_server.admin(f"CREATE DATABASE {name}")
+    yield pg_server.url(name)
+    pg_server.admin(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+# --- the fixtures tests use -------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def backend(request):
+    return request.param
+
+
+@pytest.fixture
+def database_url(backend, request):
+    """None for SQLite (the module's default data.db), else a fresh PostgreSQL database."""
+    if backend == "postgresql":
+        return request.getfixturevalue("pg_database")
+    return None
+
+
+@pytest.fixture
+def project(tmp_path, database_url):
+    """A fresh copy of the project (module and committed migrations) on either backend."""
+    return Project(copy_project(tmp_path / "project"), database_url)
+
+
+@pytest.fixture
+def sqlite_project(tmp_path):
+    """A fresh copy of the project on its default SQLite file."""
+    return Project(copy_project(tmp_path / "project"))
+
+
+@pytest.fixture
+def empty_project(tmp_path, database_url):
+    """migrate_example.py alone in an empty folder, as a user starting the tutorial has it."""
+    return Project(copy_project(tmp_path / "tutorial", with_migrations=False), database_url)
