@@ -18,8 +18,8 @@ from sqlalchemy import MetaData
 if not hasattr(inspect, "getargspec"):
     inspect.getargspec = lambda func: inspect.getfullargspec(func)[:4]
 
-from flask_migrate import Migrate, MigrateCommand  # noqa: E402  (needs the shim above)
-from flask_script import Manager  # noqa: E402
+from flask_migrate import Migrate, MigrateCommand  # needs the shim above
+from flask_script import Manager
 
 # --- configuration ---------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ class Project:
     def run(self, *argv, cwd=None, env=None, timeout=120):
         proc = subprocess.run(
             [str(a) for a in argv],
+            check=False,
             cwd=cwd or self.path,
             env={**self.env, **(env or {})},
             stdin=subprocess.DEVNULL,

@@ -5,9 +5,8 @@ Revises: db251c35ee7a
 Create Date: 2026-11-24 11:38:20.618068
 
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 # revision identifiers, used by Alembic.
 revision = '09e92e0b3c4b'

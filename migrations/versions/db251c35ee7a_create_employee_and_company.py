@@ -5,9 +5,8 @@ Revises:
 Create Date: 2026-11-24 11:38:12.872485
 
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 # revision identifiers, used by Alembic.
 revision = 'db251c35ee7a'

@@ -5,9 +5,8 @@ Revises: 09e92e0b3c4b
 Create Date: 2026-11-24 11:38:21.580307
 
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 # revision identifiers, used by Alembic.
 revision = 'edee0e2ae9aa'
