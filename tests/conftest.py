@@ -32,11 +32,13 @@ class Project:
         if database_url:
             self.env["DATABASE_URL"] = database_url
 
-    def db(self, *args, cwd=None, env=None, **kwargs):
+    def db(self, *args, **kwargs):
         """Run `python migrate_example.py db ARGS...`; return (exit code, stdout+stderr)."""
-        return self.run(sys.executable, self.module, "db", *args, cwd=cwd, env=env, **kwargs)
+        return self.run(sys.executable, self.module, "db", *args, **kwargs)
 
-    def run(self, *argv, cwd=None, env=None, timeout=120):
+    def run(self, *argv, cwd=None, env=None, timeout=120, stderr=subprocess.STDOUT):
+        """Run a command in the project folder; return (exit code, output). Output is stdout
+        and stderr together, or stdout alone when stderr=subprocess.DEVNULL."""
         proc = subprocess.run(
             [str(a) for a in argv],
             check=False,
@@ -44,7 +46,7 @@ class Project:
             env={**self.env, **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stderr=stderr,
             text=True,
             timeout=timeout,
         )
@@ -83,6 +85,26 @@ class Project:
                 conn.execute(sa.text(sql), rows or {})
         finally:
             engine.dispose()
+
+    def schema(self):
+        """Everything about the tables that a migration can change, comparable with ==."""
+        inspector = self.inspector()
+        return {
+            table: {
+                "columns": [
+                    (c["name"], str(c["type"]), c["nullable"], c.get("default"))
+                    for c in inspector.get_columns(table)
+                ],
+                "pk": inspector.get_pk_constraint(table),
+                "unique": sorted((u["name"], u["column_names"])
+                                 for u in inspector.get_unique_constraints(table)),
+                "indexes": sorted((i["name"], i["column_names"], i["unique"])
+                                  for i in inspector.get_indexes(table)),
+                "foreign_keys": sorted((f["name"], f["constrained_columns"], f["referred_table"])
+                                       for f in inspector.get_foreign_keys(table)),
+            }
+            for table in sorted(inspector.get_table_names())
+        }
 
     def version(self):
         if "alembic_version" not in self.tables():
@@ -189,12 +211,18 @@ def pg_server():
 
 
 @pytest.fixture
-def pg_database(pg_server):
-    """A fresh, empty database on the session's server; its URL."""
-    name = "t_" + uuid.uuid4().hex[:12]
-    pg_server.admin(f"CREATE DATABASE {name}")
-    yield pg_server.url(name)
-    pg_server.admin(f"DROP DATABASE {name} WITH (FORCE)")
+def new_pg_database(pg_server):
+    """Make fresh, empty databases on the session's server; return their URLs."""
+    names = []
+
+    def create():
+        names.append("t_" + uuid.uuid4().hex[:12])
+        pg_server.admin(f"CREATE DATABASE {names[-1]}")
+        return pg_server.url(names[-1])
+
+    yield create
+    for name in names:
+        pg_server.admin(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 # --- the fixtures tests use -------------------------------------------------------------
@@ -209,23 +237,34 @@ def backend(request):
 def database_url(backend, request):
     """None for SQLite (the module's default data.db), else a fresh PostgreSQL database."""
     if backend == "postgresql":
-        return request.getfixturevalue("pg_database")
+        return request.getfixturevalue("new_pg_database")()
     return None
 
 
 @pytest.fixture
-def project(tmp_path, database_url):
+def make_project(tmp_path):
+    """Copy the project into tmp_path/NAME: the module, and the committed migrations unless
+    with_migrations=False (the tutorial's empty folder)."""
+
+    def make(name="project", database_url=None, with_migrations=True):
+        return Project(copy_project(tmp_path / name, with_migrations), database_url)
+
+    return make
+
+
+@pytest.fixture
+def project(make_project, database_url):
     """A fresh copy of the project (module and committed migrations) on either backend."""
-    return Project(copy_project(tmp_path / "project"), database_url)
+    return make_project(database_url=database_url)
 
 
 @pytest.fixture
-def sqlite_project(tmp_path):
+def sqlite_project(make_project):
     """A fresh copy of the project on its default SQLite file."""
-    return Project(copy_project(tmp_path / "project"))
+    return make_project()
 
 
 @pytest.fixture
-def empty_project(tmp_path, database_url):
+def empty_project(make_project, database_url):
     """migrate_example.py alone in an empty folder, as a user starting the tutorial has it."""
-    return Project(copy_project(tmp_path / "tutorial", with_migrations=False), database_url)
+    return make_project("tutorial", database_url, with_migrations=False)
