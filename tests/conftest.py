@@ -14,6 +14,14 @@ import pytest
 import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
+ROWS = 1000
+# What each column of the tutorial's tables holds in row i, whichever revision is applied.
+SAMPLE_VALUES = {
+    "company": {"cid": lambda i: i, "cname": lambda i: f"company {i}",
+                "clocation": lambda i: f"city {i % 37}"},
+    "employee": {"id": lambda i: i, "name": lambda i: f"employee {i}",
+                 "email": lambda i: f"e{i}@example.com", "age": lambda i: 20 + i % 45},
+}
 PG_PASSWORD = "migrate-secret"
 
 
@@ -104,6 +112,27 @@ class Project:
                                        for f in inspector.get_foreign_keys(table)),
             }
             for table in sorted(inspector.get_table_names())
+        }
+
+    def populate(self, rows=ROWS):
+        """Fill the tutorial's tables, in whatever shape the applied revision gave them."""
+        for table, values in SAMPLE_VALUES.items():
+            if table not in self.tables():
+                continue
+            names = [c for c in self.columns(table) if c in values]
+            self.execute(
+                f"INSERT INTO {table} ({', '.join(names)}) "
+                f"VALUES ({', '.join(':' + c for c in names)})",
+                [{c: values[c](i) for c in names} for i in range(1, rows + 1)],
+            )
+
+    def state(self):
+        """Schema, every row of every table, and the revision."""
+        tables = sorted(self.tables())
+        return {
+            "schema": self.schema(),
+            "rows": {t: self.query(f"SELECT * FROM {t} ORDER BY 1") for t in tables},
+            "version": self.version(),
         }
 
     def version(self):

@@ -2,32 +2,11 @@
 import sys
 
 import pytest
+from conftest import ROWS
 
-ROWS = 1000
 HEAD_COLUMNS = {"employee": ["id", "name", "age"], "company": ["cid", "cname", "clocation"]}
 SUBCOMMANDS = ["init", "revision", "migrate", "edit", "merge", "upgrade", "downgrade", "show",
                "history", "heads", "branches", "current", "stamp"]
-
-
-def seed_companies(project):
-    project.execute(
-        "INSERT INTO company (cid, cname, clocation) VALUES (:cid, :cname, :clocation)",
-        [{"cid": i, "cname": f"company {i}", "clocation": f"city {i % 37}"} for i in range(1, ROWS + 1)],
-    )
-
-
-def seed_employees(project, columns):
-    """Insert ROWS employees filling whichever of name/email/age the schema has."""
-    values = {
-        "name": lambda i: f"employee {i}",
-        "email": lambda i: f"e{i}@example.com",
-        "age": lambda i: 20 + i % 45,
-    }
-    names = ["id"] + [c for c in columns if c in values]
-    rows = [{"id": i, **{c: values[c](i) for c in names[1:]}} for i in range(1, ROWS + 1)]
-    project.execute(
-        f"INSERT INTO employee ({', '.join(names)}) VALUES ({', '.join(':' + c for c in names)})", rows
-    )
 
 
 def snapshot(project, columns):
@@ -120,8 +99,7 @@ def migrate_one_step(project, direction, target):
 def test_populated_round_trip_keeps_every_row(project):
     revisions = project.revisions()
     assert project.db("upgrade")[0] == 0
-    seed_companies(project)
-    seed_employees(project, project.columns("employee"))
+    project.populate()
 
     for target in reversed(revisions[:-1]):
         migrate_one_step(project, ["downgrade"], target)
@@ -143,8 +121,7 @@ def test_populated_round_trip_keeps_every_row(project):
 
     # Back up from the first revision, with rows written in that revision's shape.
     assert project.db("upgrade", revisions[0])[0] == 0
-    seed_companies(project)
-    seed_employees(project, project.columns("employee"))
+    project.populate()
     for target in revisions[1:]:
         migrate_one_step(project, ["upgrade", "+1"], target)
     assert project.query("SELECT count(*) FROM employee") == [(ROWS,)]
@@ -162,7 +139,7 @@ def test_tutorial_replays_from_an_empty_folder(empty_project):
         code, output = project.db(*step)
         assert code == 0, output
         assert "Traceback" not in output and "Warning" not in output, output
-    seed_employees(project, project.columns("employee"))
+    project.populate()
 
     project.edit_module(
         "    email = db.Column(db.String, unique=True, nullable=False)\n",
