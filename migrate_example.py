@@ -4,7 +4,9 @@
 
 Set MIGRATE_TRACEBACK=1 to see the full traceback of an error.
 """
+import ast
 import fcntl
+import hashlib
 import inspect
 import logging
 import os
@@ -17,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import flask_migrate
+import flask_sqlalchemy
 import sqlalchemy as sa
 from alembic import command
 from alembic.runtime.migration import MigrationContext
@@ -24,7 +27,6 @@ from alembic.script import ScriptDirectory
 from alembic.script.revision import MultipleHeads, RevisionError
 from alembic.util import CommandError
 from flask import Flask
-from flask_sqlalchemy import SQLAlchemy
 
 # Flask-Script 2.0.6 introspects @manager.command functions with inspect.getargspec(),
 # which Python 3.11 removed. Python's docs name getfullargspec() as its replacement; its
@@ -33,7 +35,7 @@ if not hasattr(inspect, "getargspec"):
     inspect.getargspec = lambda func: inspect.getfullargspec(func)[:4]
 
 from flask_migrate import Migrate, MigrateCommand  # needs the shim above
-from flask_script import Manager
+from flask_script import Manager, Option
 
 # --- configuration ---------------------------------------------------------------------
 
@@ -45,6 +47,10 @@ IS_SQLITE = DATABASE_URL.startswith("sqlite")
 # How long a migration waits for another one (or for a writer holding the SQLite file).
 LOCK_TIMEOUT = float(os.environ.get("MIGRATE_LOCK_TIMEOUT", "60"))
 SNAPSHOTS_KEPT = 10
+# How long to wait for a PostgreSQL server that does not answer (libpq would wait forever).
+CONNECT_TIMEOUT = int(os.environ.get("MIGRATE_CONNECT_TIMEOUT", "10"))
+# Our own bookkeeping beside alembic_version: a sha256 of each applied revision's file.
+CHECKSUM_TABLE = "migration_checksums"
 # Any constant works; PostgreSQL advisory locks are named by a number.
 PG_LOCK_KEY = 0x6D696772
 
@@ -57,7 +63,12 @@ if IS_SQLITE:
 elif DATABASE_URL.startswith("postgres"):
     # The name shows in pg_stat_activity, so a waiting migration can say who holds the lock.
     client = f"migrate_example pid {os.getpid()} on {socket.gethostname()}"[:63]
-    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"connect_args": {"application_name": client}}
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
+        "connect_args": {"application_name": client, "connect_timeout": CONNECT_TIMEOUT}
+    }
+# What a command does when the SQLite file is missing: "refuse" (the default: it may be
+# a typo), "create" (`db upgrade`, `db stamp`), or "compare with empty" (`db migrate`).
+app.config["MIGRATE_MISSING_DATABASE"] = "refuse"
 
 # Every index and constraint gets a predictable name, so a migration can drop or
 # recreate it by name (Alembic cannot address anonymous constraints).
@@ -71,13 +82,60 @@ NAMING_CONVENTION = {
 
 # --- extensions ------------------------------------------------------------------------
 
+
+
+class SQLAlchemy(flask_sqlalchemy.SQLAlchemy):
+    def apply_driver_hacks(self, app, sa_url, options):
+        # Flask-SQLAlchemy 2.5 puts the app's folder in front of every SQLite path, which
+        # turns a URI (sqlite:///file:data.db?mode=ro&uri=true) into a file named
+        # "/app/file:data.db?mode=ro". Pass URIs on as URIs, relative ones made absolute.
+        if sa_url.drivername == "sqlite" and sa_url.query.get("uri") == "true":
+            location = sa_url.database[len("file:"):]
+            if not location.startswith("/"):
+                sa_url = sa_url.set(database=f"file:{Path(app.root_path) / location}")
+            options.setdefault("poolclass", sa.pool.NullPool)
+            return sa_url, options
+        return super().apply_driver_hacks(app, sa_url, options)
+
+
 db = SQLAlchemy(app, metadata=sa.MetaData(naming_convention=NAMING_CONVENTION))
+checksums = sa.Table(
+    CHECKSUM_TABLE,
+    sa.MetaData(),
+    sa.Column("revision", sa.String(32), primary_key=True),
+    sa.Column("checksum", sa.String(64), nullable=False),
+    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def file_checksum(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def record_checksum(ctx, step, heads, run_args):
+    """Alembic's on_version_apply hook: in the revision's own transaction, remember the
+    sha256 of an applied revision's file, or forget a reverted one."""
+    checksums.create(ctx.connection, checkfirst=True)
+    ctx.connection.execute(checksums.delete().where(
+        checksums.c.revision.in_(step.up_revision_ids)))
+    if step.is_upgrade:
+        for revision in step.up_revision_ids:
+            script = step.revision_map.get_revision(revision)
+            ctx.connection.execute(checksums.insert().values(
+                revision=revision, checksum=file_checksum(script.path), applied_at=now_utc()))
+
+
+def not_our_bookkeeping(name, type_, parent_names):
+    """Alembic's include_name hook: autogenerate leaves the checksum table alone."""
+    return not (type_ == "table" and name == CHECKSUM_TABLE)
+
 
 # These keyword arguments reach Alembic's context.configure() through the env.py that
 # `db init` writes, so a project started from an empty folder gets them too.
 # - render_as_batch: SQLite cannot ALTER most things, so autogenerate writes
 #   batch_alter_table blocks (a table copy on SQLite, plain ALTERs elsewhere).
 # - compare_type: a changed column type is a change worth a migration.
+# - on_version_apply, include_name: revision checksums (see record_checksum).
 # - transaction_per_migration: each revision, with its alembic_version update, commits or
 #   rolls back as a whole. transactional_ddl: SQLite's DDL is transactional, but Alembic
 #   assumes it is not unless told (see sqlite_begin below for the driver's part).
@@ -89,6 +147,8 @@ migrate = Migrate(
     compare_type=True,
     transaction_per_migration=True,
     transactional_ddl=True if IS_SQLITE else None,
+    on_version_apply=record_checksum,
+    include_name=not_our_bookkeeping,
 )
 
 manager = Manager(app)
@@ -104,15 +164,63 @@ logging.getLogger("alembic.runtime.plugins").addFilter(lambda record: record.lev
 # the driver's handling off and emit BEGIN ourselves. IMMEDIATE takes SQLite's write lock
 # up front, so a revision never fails half-way for want of it.
 @sa.event.listens_for(sa.engine.Engine, "connect")
-def sqlite_no_driver_transactions(dbapi_connection, connection_record):
+def sqlite_connection_setup(dbapi_connection, connection_record):
     if isinstance(dbapi_connection, sqlite3.Connection):
         dbapi_connection.isolation_level = None
+        dbapi_connection.execute("PRAGMA foreign_keys=ON")
 
 
 @sa.event.listens_for(sa.engine.Engine, "begin")
 def sqlite_begin(connection):
-    if connection.dialect.name == "sqlite":
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    if connection.dialect.name != "sqlite":
+        return
+    if connection.get_execution_options().get("migration"):
+        # With enforcement on, a batch copy's DROP TABLE of a parent table deletes (ON DELETE
+        # CASCADE) or blocks on its child rows; SQLite ignores this pragma inside a
+        # transaction, so it goes before BEGIN. sqlite_check_foreign_keys runs at COMMIT.
+        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+@sa.event.listens_for(sa.engine.Engine, "commit")
+def sqlite_check_foreign_keys(connection):
+    """Before a migration commits, every foreign key must hold, as SQLite's documented
+    ALTER TABLE procedure does; a violation rolls the revision back."""
+    if connection.dialect.name != "sqlite" or not connection.get_execution_options().get("migration"):
+        return
+    violations = {}
+    for table, _rowid, parent, _fkid in connection.exec_driver_sql("PRAGMA foreign_key_check"):
+        violations[(table, parent)] = violations.get((table, parent), 0) + 1
+    if violations:
+        raise MigrationError("foreign key check failed, revision rolled back: " + "; ".join(
+            f"{count} row(s) of {table} refer to missing {parent} rows"
+            for (table, parent), count in violations.items()))
+
+
+@sa.event.listens_for(sa.pool.Pool, "checkin")
+def sqlite_foreign_keys_back_on(dbapi_connection, connection_record):
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        dbapi_connection.execute("PRAGMA foreign_keys=ON")
+
+
+@sa.event.listens_for(sa.engine.Engine, "do_connect")
+def sqlite_no_accidental_database(dialect, connection_record, cargs, cparams):
+    """A typo in DATABASE_URL must not quietly create and migrate an empty database."""
+    path = sqlite_path()
+    if path is None or path.exists():
+        return
+    missing = app.config["MIGRATE_MISSING_DATABASE"]
+    if missing == "create":
+        print(f"Creating new database at {path}")
+    elif missing == "compare with empty":
+        # The tutorial runs `db migrate` before any database exists: compare the models
+        # with an empty database in memory, and leave the file to `db upgrade`.
+        print(f"No database at {path} yet: comparing the models with an empty database")
+        cargs[:] = [":memory:"]
+        cparams["uri"] = False
+    else:
+        raise MigrationError(
+            f"no database at {path} (check DATABASE_URL); only `db upgrade` creates one")
 
 
 # --- models ----------------------------------------------------------------------------
@@ -142,6 +250,8 @@ def sqlite_path():
     url = db.engine.url
     if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
         return None
+    if url.query.get("uri") == "true":
+        return Path(url.database[len("file:"):])
     return Path(url.database)
 
 
@@ -290,19 +400,94 @@ def x_options(x_arg):
     return dict(x.partition("=")[::2] for x in x_arg or [])
 
 
+def verify_checksums(script):
+    """Refuse to run when an applied revision's file changed since it was applied."""
+    with db.engine.connect() as conn:
+        if not sa.inspect(conn).has_table(CHECKSUM_TABLE):
+            return
+        recorded = conn.execute(sa.select(checksums.c.revision, checksums.c.checksum)).all()
+    for revision, checksum in recorded:
+        try:
+            path = script.get_revision(revision).path
+        except RevisionError:
+            raise MigrationError(f"revision {revision} is applied but its file is gone") from None
+        if file_checksum(path) != checksum:
+            raise MigrationError(
+                f"{path} changed after revision {revision} was applied (its sha256 differs); "
+                "put the file back, or run `db repair` if the change was deliberate")
+
+
+def refuse_unversioned_database():
+    """An existing database that these migrations did not make must be adopted by hand."""
+    inspector = sa.inspect(db.engine)
+    if inspector.has_table("alembic_version"):
+        return
+    tables = [t for t in inspector.get_table_names() if t != CHECKSUM_TABLE]
+    if tables:
+        raise MigrationError(
+            f"the database already has tables ({', '.join(tables)}) but no alembic_version, "
+            "so no revision is recorded as applied: compare it with the models (`db check`), "
+            "then adopt it with `db stamp REVISION`")
+
+
+def tables_dropped_by(revisions):
+    """Tables named in op.drop_table(...) calls in the downgrade() of these scripts."""
+    for script in revisions:
+        for node in ast.walk(ast.parse(Path(script.path).read_text())):
+            if not (isinstance(node, ast.FunctionDef) and node.name == "downgrade"):
+                continue
+            for call in ast.walk(node):
+                if (isinstance(call, ast.Call) and getattr(call.func, "attr", "") == "drop_table"
+                        and call.args and isinstance(call.args[0], ast.Constant)):
+                    yield call.args[0].value
+
+
+def row_counts(tables):
+    inspector = sa.inspect(db.engine)
+    with db.engine.connect() as conn:
+        return {t: conn.execute(sa.select(sa.func.count()).select_from(sa.table(t))).scalar()
+                for t in tables if inspector.has_table(t)}
+
+
+def confirm_downgrade(revisions, destination, x_opts):
+    """A downgrade to base, or one that drops tables holding rows, needs a yes."""
+    holding_rows = {t: n for t, n in row_counts(tables_dropped_by(revisions)).items() if n}
+    if destination != "base" and not holding_rows:
+        return
+    what = "downgrade to base" if destination == "base" else "this downgrade"
+    if holding_rows:
+        what += " drops " + ", ".join(f"{t} ({n} rows)" for t, n in holding_rows.items())
+    if "yes" in x_opts:
+        return
+    if not sys.stdin.isatty():
+        raise MigrationError(f"{what}; nothing changed. To go ahead, add -x yes")
+    if input(f"{what}. Continue? [y/N] ").strip().lower() not in ("y", "yes"):
+        raise MigrationError("downgrade cancelled; nothing changed")
+
+
 def run_migration(direction, directory, revision, sql, tag, x_arg):
-    """Upgrade or downgrade under the migration lock, after a snapshot of a SQLite file."""
+    """Upgrade or downgrade under the migration lock, after the checks and a snapshot."""
     run = getattr(flask_migrate, direction)
     if sql:  # offline: prints SQL, touches no database
         return run(directory, revision, sql, tag, x_arg)
+    x_opts = x_options(x_arg)
     script = ScriptDirectory.from_config(migrate.get_config(directory, x_arg=x_arg))
     path = sqlite_path()
     existing_file = path is not None and path.exists()
+    app.config["MIGRATE_MISSING_DATABASE"] = "create" if direction == "upgrade" else "refuse"
+    db.engine.connect().close()  # fails here, before the lock file, on a missing database
     with migration_lock():
+        if direction == "upgrade":
+            refuse_unversioned_database()
+        verify_checksums(script)
         heads = current_heads()
         revisions = planned_revisions(script, direction, revision, heads)
-        if revisions and existing_file and x_options(x_arg).get("backup") != "off":
-            take_snapshot(path, f"{revision_label(heads)}-{planned_destination(direction, revisions)}")
+        destination = planned_destination(direction, revisions) if revisions else None
+        if direction == "downgrade" and revisions:
+            confirm_downgrade(revisions, destination, x_opts)
+        if revisions and existing_file and x_opts.get("backup") != "off":
+            take_snapshot(path, f"{revision_label(heads)}-{destination}")
+        db.engine.update_execution_options(migration=True)
         with no_empty_version_table_left():
             run(directory, revision, sql, tag, x_arg)
 
@@ -310,16 +495,17 @@ def run_migration(direction, directory, revision, sql, tag, x_arg):
 # --- commands --------------------------------------------------------------------------
 
 
-def replaces_db_command(name):
+def replaces_db_command(name, *options):
     """Make the decorated function the body of Flask-Migrate's `db NAME` subcommand.
 
-    The subcommand keeps Flask-Migrate's options; the function takes the same arguments,
-    and its docstring becomes the help text.
+    The subcommand keeps Flask-Migrate's options, plus any given here; the function takes
+    them as arguments, and its docstring becomes the help text.
     """
     def decorate(func):
         subcommand = MigrateCommand._commands[name]
         subcommand.run = func
         subcommand.__doc__ = func.__doc__
+        subcommand.option_list.extend(options)
         return func
 
     return decorate
@@ -329,6 +515,7 @@ def replaces_db_command(name):
 def create_revision(directory=None, message=None, autogenerate=False, sql=False, head="head",
                     splice=False, branch_label=None, version_path=None, rev_id=None):
     """Create a new revision file."""
+    app.config["MIGRATE_MISSING_DATABASE"] = "compare with empty"
     # Flask-Migrate 2.7 does not tell env.py that `revision --autogenerate` autogenerates,
     # so env.py's "no changes, no file" check only ever ran for `db migrate`.
     config = migrate.get_config(directory, opts=["autogenerate"] if autogenerate else None)
@@ -378,6 +565,52 @@ def restore(snapshot):
         with closing(sqlite3.connect(snapshot)) as source, closing(sqlite3.connect(path)) as target:
             source.backup(target)
     print(f"Restored {path} from {snapshot}")
+
+
+@replaces_db_command("stamp")
+def stamp_database(directory=None, revision="head", sql=False, tag=None):
+    """'stamp' the revision table with the given revision; don't run any migrations
+    (this is how an existing database is adopted)."""
+    app.config["MIGRATE_MISSING_DATABASE"] = "create"
+    flask_migrate.stamp(directory, revision, sql, tag)
+
+
+@MigrateCommand.option("-d", "--directory", dest="directory", default=None,
+                       help="Migration script directory (default is 'migrations')")
+def repair(directory=None):
+    """Record the checksums of the applied revisions' files anew, after a deliberate edit."""
+    script = ScriptDirectory.from_config(migrate.get_config(directory))
+    with migration_lock(), db.engine.begin() as conn:
+        heads = MigrationContext.configure(conn).get_current_heads()
+        applied = [s.revision for s in script.iterate_revisions(heads, "base")]
+        checksums.create(conn, checkfirst=True)
+        conn.execute(checksums.delete())
+        for revision in applied:
+            conn.execute(checksums.insert().values(
+                revision=revision, checksum=file_checksum(script.get_revision(revision).path),
+                applied_at=now_utc()))
+    print(f"Recorded the checksums of {len(applied)} applied revision(s)")
+
+
+@replaces_db_command(
+    "history",
+    Option("--applied", dest="applied", action="store_true", default=False,
+           help="show when each revision was applied to this database"),
+)
+def show_history(directory=None, rev_range=None, verbose=False, indicate_current=False,
+                 applied=False):
+    """List changeset scripts in chronological order (--applied: with their dates)."""
+    if not applied:
+        return flask_migrate.history(directory, rev_range, verbose, indicate_current)
+    script = ScriptDirectory.from_config(migrate.get_config(directory))
+    with db.engine.connect() as conn:
+        dates = {}
+        if sa.inspect(conn).has_table(CHECKSUM_TABLE):
+            dates = dict(conn.execute(sa.select(checksums.c.revision, checksums.c.applied_at)).all())
+    for rev in script.walk_revisions():
+        when = dates.get(rev.revision)
+        when = f"applied {when:%Y-%m-%d %H:%M:%S}" if when else "not applied"
+        print(f"{rev.revision}  {when:<27}  {rev.doc}")
 
 
 # --- running ---------------------------------------------------------------------------

@@ -28,6 +28,12 @@ def apply_with_psql(project, sql):
     assert result.returncode == 0, result.stderr
 
 
+def app_schema(project):
+    """The schema without migration_checksums: offline SQL applies nothing itself, so it
+    records no checksums (`db repair` records them after a DBA has run the script)."""
+    return {t: v for t, v in project.schema().items() if t != "migration_checksums"}
+
+
 def offline_sql(project, *args):
     code, sql = project.db(*args, "--sql", stderr=subprocess.DEVNULL)
     assert code == 0, sql
@@ -41,7 +47,7 @@ def test_offline_upgrade_sql_gives_the_online_schema(project, offline_project):
     assert "CREATE TABLE employee" in sql and "ALTER TABLE employee DROP COLUMN email" in sql
     apply_with_psql(offline_project, sql)
 
-    assert offline_project.schema() == project.schema()
+    assert app_schema(offline_project) == app_schema(project)
     assert offline_project.version() == project.version() == project.revisions()[-1]
 
 
@@ -53,5 +59,5 @@ def test_offline_downgrade_sql_gives_the_online_schema(project, offline_project)
 
     apply_with_psql(offline_project, offline_sql(offline_project, "downgrade", f"head:{first}"))
 
-    assert offline_project.schema() == project.schema()
+    assert app_schema(offline_project) == app_schema(project)
     assert offline_project.version() == project.version() == first

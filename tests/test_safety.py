@@ -66,7 +66,9 @@ def test_failure_at_the_end_of_a_revision_rolls_it_back(project, step):
     # Downgrade fails at its very end: nothing of it stays either.
     before = project.state()
     inject_failure(path, "downgrade")
-    code, output = project.db("downgrade", "-x", "backup=off")
+    assert project.db("repair")[0] == 0  # the edit of an applied revision is deliberate
+    before = project.state()
+    code, output = project.db("downgrade", "-x", "backup=off", "-x", "yes")
     assert code == 1 and INJECTED in output, output
     assert project.state() == before
     assert not [t for t in project.tables() if t.startswith("_alembic_tmp")]
@@ -185,6 +187,11 @@ def setup_multiple_heads(project):
     return "db merge heads"
 
 
+def setup_at_base(project):
+    assert project.db("downgrade", "base", "-x", "backup=off", "-x", "yes")[0] == 0
+    return "Error: nothing to downgrade: the database is at base"
+
+
 def setup_not_at_head(project):
     assert project.db("downgrade", "-x", "backup=off")[0] == 0
     return "Run `db upgrade` first"
@@ -193,6 +200,7 @@ def setup_not_at_head(project):
 BAD_INPUTS = {
     "unknown revision": (None, ["upgrade", "nosuchrev"], "No such revision or branch 'nosuchrev'"),
     "downgrade below base": (None, ["downgrade", "-5"], "Relative revision -5 didn't produce 5"),
+    "downgrade at base": (setup_at_base, ["downgrade"], None),
     "unknown command": (None, ["frobnicate"], "invalid choice: 'frobnicate'"),
     "syntax error in a revision": (setup_syntax_error, ["upgrade"], None),
     "import error in a revision": (setup_import_error, ["upgrade"], None),
