@@ -194,7 +194,7 @@ def sqlite_check_foreign_keys(connection):
     if violations:
         raise MigrationError("foreign key check failed, revision rolled back: " + "; ".join(
             f"{count} row(s) of {table} refer to missing {parent} rows"
-            for (table, parent), count in violations.items()))
+            for (table, parent), count in sorted(violations.items())))
 
 
 @sa.event.listens_for(sa.pool.Pool, "checkin")

@@ -1,12 +1,14 @@
 """Fixtures: a fresh copy of the project per test, run through its CLI as a user runs it,
 against a real SQLite file or a real PostgreSQL server that the test session starts."""
 import glob
+import hashlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import uuid
 from pathlib import Path
 
@@ -141,6 +143,15 @@ class Project:
         rows = self.query("SELECT version_num FROM alembic_version")
         return rows[0][0] if rows else None
 
+    def add_revision(self, rev_id, body, down_revision=None):
+        """Write a revision file by hand, on top of the current head."""
+        down_revision = down_revision or self.revisions()[-1]
+        path = self.path / "migrations" / "versions" / f"{rev_id}_test.py"
+        path.write_text(f"import time\n\nimport sqlalchemy as sa\nfrom alembic import op\n\n"
+                        f"revision = {rev_id!r}\ndown_revision = {down_revision!r}\n"
+                        f"branch_labels = None\ndepends_on = None\n\n" + textwrap.dedent(body))
+        return path
+
     def revisions(self):
         """Revision ids of migrations/versions, base first."""
         script_dir = self.path / "migrations"
@@ -148,6 +159,10 @@ class Project:
 
         scripts = ScriptDirectory(str(script_dir))
         return [s.revision for s in reversed(list(scripts.walk_revisions()))]
+
+
+def file_hash(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def copy_project(dest, with_migrations=True):

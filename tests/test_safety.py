@@ -1,11 +1,11 @@
 """A failed or concurrent migration never leaves the database half-changed."""
-import hashlib
 import sqlite3
 import subprocess
 import sys
 import textwrap
 
 import pytest
+from conftest import file_hash
 
 INJECTED = "injected failure"
 
@@ -27,16 +27,6 @@ def inject_failure(path, function):
             raise RuntimeError("{INJECTED}")
     """))
     return original
-
-
-def add_revision(project, rev_id, body, down_revision=None):
-    """Write a revision file by hand, on top of the current head."""
-    down_revision = down_revision or project.revisions()[-1]
-    path = project.path / "migrations" / "versions" / f"{rev_id}_test.py"
-    path.write_text(f"import time\n\nimport sqlalchemy as sa\nfrom alembic import op\n\n"
-                    f"revision = {rev_id!r}\ndown_revision = {down_revision!r}\n"
-                    f"branch_labels = None\ndepends_on = None\n\n" + textwrap.dedent(body))
-    return path
 
 
 @pytest.mark.parametrize("step", [0, 1, 2], ids=["create-tables", "add-age", "drop-email"])
@@ -90,7 +80,7 @@ def test_failed_batch_operation_after_create_table_changes_nothing(project):
                 batch_op.drop_column("dept_id")
             op.drop_table("department")
     """
-    path = add_revision(project, "dept0001", body.format(default=""))
+    path = project.add_revision("dept0001", body.format(default=""))
 
     code, output = project.db("upgrade", "-x", "backup=off")
 
@@ -128,7 +118,7 @@ def start_upgrade(project, env=None):
 
 def test_concurrent_upgrades_take_turns(project):
     assert project.db("upgrade")[0] == 0
-    add_revision(project, "slow0001", SLOW_REVISION)
+    project.add_revision("slow0001", SLOW_REVISION)
 
     runs = [start_upgrade(project) for _ in range(4)]
     outputs = [run.communicate(timeout=120)[0] for run in runs]
@@ -141,7 +131,7 @@ def test_concurrent_upgrades_take_turns(project):
 
 def test_a_run_that_cannot_get_the_lock_names_the_holder(project):
     assert project.db("upgrade")[0] == 0
-    add_revision(project, "slow0001", SLOW_REVISION)
+    project.add_revision("slow0001", SLOW_REVISION)
     holder = start_upgrade(project)
     for line in holder.stdout:  # wait until the holder is inside the slow revision
         if "-> slow0001" in line:
@@ -159,10 +149,6 @@ def test_a_run_that_cannot_get_the_lock_names_the_holder(project):
 # --- bad input: one line, non-zero exit, the database untouched ---------------------------
 
 
-def file_hash(path):
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def database_fingerprint(project):
     """The SQLite file's bytes; on PostgreSQL, everything Project.state() sees."""
     if project.database_url.startswith("sqlite"):
@@ -171,19 +157,19 @@ def database_fingerprint(project):
 
 
 def setup_syntax_error(project):
-    add_revision(project, "broken01", "def upgrade():\n    op.add_column('employee',\n")
+    project.add_revision("broken01", "def upgrade():\n    op.add_column('employee',\n")
     return "broken01_test.py, line"
 
 
 def setup_import_error(project):
-    add_revision(project, "broken02", "import no_such_module\n\ndef upgrade():\n    pass\n")
+    project.add_revision("broken02", "import no_such_module\n\ndef upgrade():\n    pass\n")
     return "broken02_test.py, line 11: ModuleNotFoundError"
 
 
 def setup_multiple_heads(project):
     revisions = project.revisions()
     for rev_id in ("branch01", "branch02"):
-        add_revision(project, rev_id, "def upgrade():\n    pass\n", down_revision=revisions[-1])
+        project.add_revision(rev_id, "def upgrade():\n    pass\n", down_revision=revisions[-1])
     return "db merge heads"
 
 
