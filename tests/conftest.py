@@ -3,6 +3,7 @@ against a real SQLite file or a real PostgreSQL server that the test session sta
 import glob
 import hashlib
 import os
+import pty
 import shutil
 import socket
 import subprocess
@@ -61,6 +62,31 @@ class Project:
             timeout=timeout,
         )
         return proc.returncode, proc.stdout
+
+    def db_on_terminal(self, args, answer):
+        """Run a db command on a pseudo-terminal and answer its first [y/N] question;
+        return (exit code, everything the terminal showed)."""
+        controller, terminal = pty.openpty()
+        proc = subprocess.Popen([sys.executable, str(self.module), "db", *args],
+                                cwd=self.path, env=self.env,
+                                stdin=terminal, stdout=terminal, stderr=terminal)
+        os.close(terminal)
+        seen = b""
+        while b"[y/N]" not in seen:
+            chunk = os.read(controller, 1024)
+            assert chunk, seen.decode()
+            seen += chunk
+        os.write(controller, answer.encode() + b"\n")
+        while True:
+            try:
+                chunk = os.read(controller, 1024)
+            except OSError:  # EIO: the process has ended and closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+        os.close(controller)
+        return proc.wait(timeout=60), seen.decode()
 
     def edit_module(self, old, new):
         """Change the models the way a user edits migrate_example.py."""

@@ -1,10 +1,6 @@
 """What the tool refuses to do silently: lose child rows, create databases by accident,
 adopt a database it did not make, drop data without asking, run an edited revision."""
-import os
-import pty
 import socket
-import subprocess
-import sys
 
 import pytest
 from conftest import file_hash
@@ -225,36 +221,13 @@ def test_a_downgrade_that_drops_rows_needs_yes(with_children):
     assert "badge" not in with_children.tables()
 
 
-def run_on_terminal(project, args, answer):
-    """Run a db command on a pseudo-terminal; answer its first question."""
-    controller, terminal = pty.openpty()
-    proc = subprocess.Popen([sys.executable, str(project.module), "db", *args],
-                            cwd=project.path, env=project.env,
-                            stdin=terminal, stdout=terminal, stderr=terminal)
-    os.close(terminal)
-    seen = b""
-    while b"[y/N]" not in seen:
-        seen += os.read(controller, 1024)
-    os.write(controller, answer.encode() + b"\n")
-    while True:
-        try:
-            chunk = os.read(controller, 1024)
-        except OSError:  # the terminal closes when the process ends
-            break
-        if not chunk:
-            break
-        seen += chunk
-    os.close(controller)
-    return proc.wait(timeout=60), seen.decode()
-
-
 @pytest.mark.parametrize("answer", ["n", "y"])
 def test_downgrade_to_base_asks_on_a_terminal(sqlite_project, answer):
     assert sqlite_project.db("upgrade")[0] == 0
     sqlite_project.populate()
     before = sqlite_project.state()
 
-    code, output = run_on_terminal(sqlite_project, ["downgrade", "base"], answer)
+    code, output = sqlite_project.db_on_terminal(["downgrade", "base"], answer)
 
     assert "downgrade to base drops employee (1000 rows), company (1000 rows). Continue? [y/N]" \
         in output

@@ -1,0 +1,201 @@
+"""Autogenerate that keeps data: renames, data-loss warnings, and `db check`."""
+import pytest
+
+LOCATION = "    clocation = db.Column(db.String, unique=False, nullable=False)\n"
+CNAME = "    cname = db.Column(db.String, unique=True, nullable=False)\n"
+
+
+def rename_location(project):
+    project.edit_module(LOCATION, LOCATION.replace("clocation", "location"))
+
+
+def new_revision(project, before):
+    [path] = set((project.path / "migrations" / "versions").glob("*.py")) - before
+    return path.read_text()
+
+
+def versions(project):
+    return set((project.path / "migrations" / "versions").glob("*.py"))
+
+
+@pytest.fixture
+def populated(project):
+    assert project.db("upgrade")[0] == 0
+    project.populate()
+    return project
+
+
+@pytest.mark.parametrize("command", [["migrate"], ["revision", "--autogenerate"]])
+def test_a_column_rename_keeps_every_value(populated, command):
+    project = populated
+    locations = project.query("SELECT cid, clocation FROM company ORDER BY cid")
+    rename_location(project)
+    before = versions(project)
+
+    code, output = project.db(*command, "-m", "rename", "-x", "rename=company.clocation:location")
+
+    assert code == 0, output
+    assert "WARNING" not in output
+    script = new_revision(project, before)
+    assert "op.alter_column('company', 'clocation'" in script
+    assert "new_column_name='location'" in script
+    assert "batch_alter_table" not in script  # a native RENAME COLUMN, no table copy
+    assert project.db("upgrade")[0] == 0
+    assert project.query("SELECT cid, location FROM company ORDER BY cid") == locations
+    assert project.db("check")[0] == 0
+
+    code, output = project.db("downgrade")
+    assert code == 0, output
+    assert project.columns("company") == ["cid", "cname", "clocation"]
+    assert project.query("SELECT cid, clocation FROM company ORDER BY cid") == locations
+
+
+def test_two_renames_in_one_table(populated):
+    project = populated
+    rows = project.query("SELECT cid, cname, clocation FROM company ORDER BY cid")
+    rename_location(project)
+    project.edit_module(CNAME, CNAME.replace("cname", "name"))
+
+    code, output = project.db("migrate", "-m", "renames", "-x", "rename=company.clocation:location",
+                              "-x", "rename=company.cname:name")
+
+    assert code == 0, output
+    assert project.db("upgrade")[0] == 0
+    assert project.query("SELECT cid, name, location FROM company ORDER BY cid") == rows
+    constraints = {u["name"] for u in project.inspector().get_unique_constraints("company")}
+    assert constraints == {"uq_company_name"}  # renamed with its column
+    assert project.db("check")[0] == 0
+    assert project.db("downgrade")[0] == 0
+    assert project.query("SELECT cid, cname, clocation FROM company ORDER BY cid") == rows
+    constraints = {u["name"] for u in project.inspector().get_unique_constraints("company")}
+    assert constraints == {"uq_company_cname"}
+
+
+def test_a_table_rename_keeps_every_row(populated):
+    project = populated
+    rows = project.query("SELECT * FROM company ORDER BY cid")
+    project.edit_module("class Company(db.Model):\n",
+                        "class Company(db.Model):\n    __tablename__ = \"firm\"\n")
+
+    code, output = project.db("migrate", "-m", "firm", "-x", "rename=company:firm")
+
+    assert code == 0, output
+    assert project.db("upgrade")[0] == 0
+    assert "company" not in project.tables()
+    assert project.query("SELECT * FROM firm ORDER BY cid") == rows
+    assert project.db("check")[0] == 0
+    assert project.db("downgrade")[0] == 0
+    assert "firm" not in project.tables()
+    assert project.query("SELECT * FROM company ORDER BY cid") == rows
+
+
+def test_without_an_answer_the_warning_names_the_x_option(populated):
+    project = populated
+    rename_location(project)
+    before = versions(project)
+
+    code, output = project.db("migrate", "-m", "unanswered")  # stdin is not a terminal
+
+    assert code == 0, output
+    assert (
+        "WARNING: company.clocation is dropped and company.location created: every clocation "
+        "value is lost. If it is a rename, run again with -x rename=company.clocation:location"
+    ) in output
+    script = new_revision(project, before)
+    assert "drop_column('clocation')" in script and "add_column" in script
+
+
+@pytest.mark.parametrize("answer", ["y", "n"])
+def test_a_terminal_is_asked_about_renames(sqlite_project, answer):
+    project = sqlite_project
+    assert project.db("upgrade")[0] == 0
+    rename_location(project)
+    before = versions(project)
+
+    code, output = project.db_on_terminal(["migrate", "-m", "asked"], answer)
+
+    assert code == 0, output
+    assert "Did you rename company.clocation to company.location? [y/N]" in output
+    script = new_revision(project, before)
+    assert ("new_column_name='location'" in script) == (answer == "y")
+
+
+def test_warnings_for_dropped_columns_and_tables(populated):
+    project = populated
+    project.edit_module("    age = db.Column(db.Integer, unique=False, nullable=True)\n", "")
+    model = "class Company(db.Model):\n"
+    text = project.module.read_text()
+    start = text.index(model)
+    end = text.index("\n\n\n", start)
+    project.module.write_text(text[:start] + text[end + 3:])
+
+    code, output = project.db("migrate", "-m", "drops")
+
+    assert code == 0, output
+    assert "WARNING: upgrade drops column employee.age (values of 1000 rows)" in output
+    assert "WARNING: upgrade drops table company (1000 rows)" in output
+
+
+def test_warning_for_a_not_null_column_without_default(populated):
+    project = populated
+    project.edit_module("    age = db.Column(db.Integer, unique=False, nullable=True)\n",
+                        "    age = db.Column(db.Integer, unique=False, nullable=True)\n"
+                        "    badge = db.Column(db.Integer, nullable=True)\n")
+    project.edit_module("    name = db.Column(db.String, unique=True, nullable=False)\n",
+                        "    name = db.Column(db.String, unique=True, nullable=False)\n"
+                        "    code = db.Column(db.String, nullable=False)\n")
+
+    code, output = project.db("migrate", "-m", "not null")
+
+    assert code == 0, output
+    assert ("WARNING: upgrade makes employee.code NOT NULL without a default: it fails on a "
+            "table with rows (employee has 1000 now); fill the column in the upgrade") in output
+    assert "WARNING: upgrade makes employee.badge" not in output  # nullable: harmless
+
+
+def test_warning_for_a_downgrade_that_cannot_run_on_rows(populated):
+    project = populated
+    project.edit_module(LOCATION, "")
+
+    code, output = project.db("migrate", "-m", "drop clocation")
+
+    assert code == 0, output
+    assert ("WARNING: downgrade makes company.clocation NOT NULL without a default: it fails "
+            "on a table with rows (company has 1000 now); fill the column in the downgrade"
+            ) in output
+
+
+def test_check_in_sync(project):
+    assert project.db("upgrade")[0] == 0
+
+    code, output = project.db("check")
+
+    assert (code, output.strip()) == (0, "The models, the migrations' head and the database agree.")
+
+
+def test_check_out_of_sync(project):
+    assert project.db("upgrade")[0] == 0
+    rename_location(project)
+    project.edit_module("    age = db.Column(db.Integer, unique=False, nullable=True)\n",
+                        "    age = db.Column(db.String, unique=False, nullable=True)\n")
+
+    code, output = project.db("check")
+
+    assert code == 1
+    assert output.strip().splitlines() == [
+        "column company.location: in the models, not in the database",
+        "column company.clocation: in the database, not in the models",
+        "column employee.age: type INTEGER in the database, VARCHAR in the models",
+    ]
+
+
+def test_check_database_behind_head(project):
+    first, _, head = project.revisions()
+    assert project.db("upgrade", first)[0] == 0
+
+    code, output = project.db("check")
+
+    assert code == 1
+    lines = output.strip().splitlines()
+    assert lines[0] == f"database at {first}, migrations' head is {head}: run `db upgrade`"
+    assert "column employee.age: in the models, not in the database" in lines
