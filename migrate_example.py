@@ -8,6 +8,7 @@ import ast
 import fcntl
 import hashlib
 import inspect
+import json
 import logging
 import os
 import socket
@@ -484,10 +485,12 @@ def run_migration(direction, directory, revision, sql, tag, x_arg):
         verify_checksums(script)
         heads = current_heads()
         revisions = planned_revisions(script, direction, revision, heads)
-        destination = planned_destination(direction, revisions) if revisions else None
-        if direction == "downgrade" and revisions:
+        if not revisions:
+            return  # already there: no snapshot, no run
+        destination = planned_destination(direction, revisions)
+        if direction == "downgrade":
             confirm_downgrade(revisions, destination, x_opts)
-        if revisions and existing_file and x_opts.get("backup") != "off":
+        if existing_file and x_opts.get("backup") != "off":
             take_snapshot(path, f"{revision_label(heads)}-{destination}")
         db.engine.update_execution_options(migration=True)
         with no_empty_version_table_left():
@@ -804,6 +807,43 @@ def restore(snapshot):
         with closing(sqlite3.connect(snapshot)) as source, closing(sqlite3.connect(path)) as target:
             source.backup(target)
     print(f"Restored {path} from {snapshot}")
+
+
+def revision_lines(script):
+    """What `db current` prints for each revision ('edee0e2ae9aa (head)'). Finding heads
+    means loading every revision file, so the lines are cached in versions/__pycache__
+    until a file there changes (by name, size and mtime, as Python checks its bytecode)."""
+    versions = Path(script.versions)
+    signature = sorted([e.name, e.stat().st_size, e.stat().st_mtime_ns]
+                       for e in os.scandir(versions) if e.name.endswith(".py"))
+    cache = versions / "__pycache__" / "migrate_example.current.json"
+    try:
+        cached = json.loads(cache.read_text())
+        if cached["signature"] == signature:
+            return cached["lines"]
+    except (OSError, ValueError, KeyError):
+        pass
+    lines = {rev.revision: rev.cmd_format(False) for rev in script.walk_revisions()}
+    try:
+        cache.parent.mkdir(exist_ok=True)
+        cache.write_text(json.dumps({"signature": signature, "lines": lines}))
+    except OSError:
+        pass  # a read-only checkout: no cache, same answer
+    return lines
+
+
+@replaces_db_command("current")
+def show_current(directory=None, verbose=False):
+    """Display the current revision for each database."""
+    config = migrate.get_config(directory)
+    if verbose or config.get_main_option("version_locations"):
+        return flask_migrate.current(directory, verbose)
+    lines = revision_lines(ScriptDirectory.from_config(config))
+    heads = current_heads()
+    if not all(head in lines for head in heads):  # let Alembic explain
+        return flask_migrate.current(directory, verbose)
+    for head in heads:
+        print(lines[head])
 
 
 @replaces_db_command("stamp")

@@ -63,6 +63,18 @@ def test_history_commands_show_the_three_revisions(project):
     assert f"<base> -> {first}, create employee and company" in history
 
 
+def test_current_notices_a_new_revision(project):
+    head = project.revisions()[-1]
+    assert project.db("upgrade")[0] == 0
+    assert project.db("current") == (0, f"{head} (head)\n")
+
+    project.add_revision("next0001", "def upgrade():\n    pass\n")
+
+    assert project.db("current") == (0, f"{head}\n")  # no longer the head
+    assert project.db("upgrade")[0] == 0
+    assert project.db("current") == (0, "next0001 (head)\n")
+
+
 def test_migrate_at_head_writes_nothing(project):
     assert project.db("upgrade")[0] == 0
     before = sorted(p.name for p in (project.path / "migrations" / "versions").glob("*.py"))
