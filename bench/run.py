@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 FM4_VENV = BENCH / ".venv-fm4"
 OURS = [sys.executable, "migrate_example.py"]
+# As users run it: Python caches bytecode (some sandboxes switch that off).
+BASE_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 REVISION = """\
 import sqlalchemy as sa
@@ -110,14 +112,14 @@ def make_ours(workdir, extra_revisions):
     shutil.copytree(ROOT / "migrations", project / "migrations",
                     ignore=shutil.ignore_patterns("__pycache__"))
     add_generated_revisions(project / "migrations" / "versions", extra_revisions)
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{project / 'data.db'}"}
+    env = {**BASE_ENV, "DATABASE_URL": f"sqlite:///{project / 'data.db'}"}
     return project, env
 
 
 def make_fm4(workdir, extra_revisions, python):
     project = workdir / "fm4"
     project.mkdir()
-    env = {**os.environ, "FLASK_APP": str(BENCH / "fm4_app.py"),
+    env = {**BASE_ENV, "FLASK_APP": str(BENCH / "fm4_app.py"),
            "DATABASE_URL": f"sqlite:///{project / 'data.db'}",
            "MIGRATIONS_DIR": str(project / "migrations")}
     measure([python, "-m", "flask", "db", "init"], project, env)
