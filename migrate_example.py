@@ -86,7 +86,6 @@ NAMING_CONVENTION = {
 # --- extensions ------------------------------------------------------------------------
 
 
-
 class SQLAlchemy(flask_sqlalchemy.SQLAlchemy):
     def apply_driver_hacks(self, app, sa_url, options):
         # Flask-SQLAlchemy 2.5 puts the app's folder in front of every SQLite path, which

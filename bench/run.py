@@ -162,6 +162,11 @@ def cli_latency(fm4, revisions, runs, report):
                               seconds_of([sys.executable, "tutorial_app.py", "db", "current"],
                                          ours, ours_env), runs),
                    anchor="tutorial module")
+        report.row("the tutorial's own module's current vs bare import", revisions,
+                   *alternate(seconds_of([sys.executable, "tutorial_app.py", "db", "current"],
+                                         ours, ours_env),
+                              seconds_of(stack, ours, ours_env), runs),
+                   anchor="bare import")
         floor = [sys.executable, "-c", ("import sqlite3; sqlite3.connect('data.db').execute("
                  "'SELECT version_num FROM alembic_version').fetchall()")]
         report.row("current vs raw sqlite3 read of alembic_version", revisions,
