@@ -71,6 +71,29 @@ def test_two_renames_in_one_table(populated):
     assert constraints == {"uq_company_cname"}
 
 
+def plain_indexes(project, table):
+    """Index names, without the unique indexes PostgreSQL builds for unique constraints."""
+    return [i["name"] for i in project.inspector().get_indexes(table)
+            if not i.get("duplicates_constraint")]
+
+
+def test_a_renamed_column_takes_its_index_along(populated):
+    project = populated
+    project.edit_module(LOCATION, LOCATION.replace("nullable=False", "nullable=False, index=True"))
+    assert project.db("migrate", "-m", "index")[0] == 0
+    assert project.db("upgrade")[0] == 0
+    project.edit_module("    clocation = db.Column", "    location = db.Column")
+
+    code, output = project.db("migrate", "-m", "rename", "-x", "rename=company.clocation:location")
+
+    assert code == 0, output
+    assert project.db("upgrade")[0] == 0
+    assert plain_indexes(project, "company") == ["ix_company_location"]
+    assert project.db("check")[0] == 0
+    assert project.db("downgrade")[0] == 0
+    assert plain_indexes(project, "company") == ["ix_company_clocation"]
+
+
 def test_a_table_rename_keeps_every_row(populated):
     project = populated
     rows = project.query("SELECT * FROM company ORDER BY cid")
