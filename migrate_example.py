@@ -47,11 +47,22 @@ BASE_DIR = Path(__file__).resolve().parent
 DATABASE_URL = os.environ.get("DATABASE_URL", f"sqlite:///{BASE_DIR / 'data.db'}")
 IS_SQLITE = DATABASE_URL.startswith("sqlite")
 
+
+
+def seconds_from_environment(name, default):
+    value = os.environ.get(name, default)
+    try:
+        return float(value)
+    except ValueError:
+        sys.exit(f"Error: {name} must be a number of seconds, not {value!r}")
+
+
 # How long a migration waits for another one (or for a writer holding the SQLite file).
-LOCK_TIMEOUT = float(os.environ.get("MIGRATE_LOCK_TIMEOUT", "60"))
+LOCK_TIMEOUT = seconds_from_environment("MIGRATE_LOCK_TIMEOUT", "60")
 SNAPSHOTS_KEPT = 10
-# How long to wait for a PostgreSQL server that does not answer (libpq would wait forever).
-CONNECT_TIMEOUT = int(os.environ.get("MIGRATE_CONNECT_TIMEOUT", "10"))
+# How long to wait for a PostgreSQL server that does not answer (libpq would wait forever);
+# libpq takes whole seconds.
+CONNECT_TIMEOUT = max(1, round(seconds_from_environment("MIGRATE_CONNECT_TIMEOUT", "10")))
 # Our own bookkeeping beside alembic_version: a sha256 of each applied revision's file.
 CHECKSUM_TABLE = "migration_checksums"
 # Any constant works; PostgreSQL advisory locks are named by a number.

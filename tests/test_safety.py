@@ -233,6 +233,13 @@ def test_malformed_database_url_is_one_line(sqlite_project):
     )
 
 
+def test_a_malformed_timeout_is_one_line(sqlite_project):
+    code, output = sqlite_project.db("current", env={"MIGRATE_LOCK_TIMEOUT": "soon"})
+
+    assert (code, output.strip()) == (
+        1, "Error: MIGRATE_LOCK_TIMEOUT must be a number of seconds, not 'soon'")
+
+
 def test_a_file_that_is_not_sqlite_is_left_alone(sqlite_project):
     data = sqlite_project.path / "data.db"
     data.write_bytes(b"not a database, just some bytes\n" * 100)
