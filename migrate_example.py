@@ -48,7 +48,6 @@ DATABASE_URL = os.environ.get("DATABASE_URL", f"sqlite:///{BASE_DIR / 'data.db'}
 IS_SQLITE = DATABASE_URL.startswith("sqlite")
 
 
-
 def seconds_from_environment(name, default):
     value = os.environ.get(name, default)
     try:
