@@ -454,16 +454,23 @@ def tables_dropped_by(revisions):
                     yield call.args[0].value
 
 
-def row_counts(tables):
-    inspector = sa.inspect(db.engine)
-    with db.engine.connect() as conn:
-        return {t: conn.execute(sa.select(sa.func.count()).select_from(sa.table(t))).scalar()
-                for t in tables if inspector.has_table(t)}
+def count_rows(connection, table):
+    """How many rows the table holds (0 if there is no such table)."""
+    if not sa.inspect(connection).has_table(table):
+        return 0
+    return connection.execute(sa.select(sa.func.count()).select_from(sa.table(table))).scalar()
+
+
+def ask(question):
+    """Ask on the terminal; anything but yes is no."""
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
 def confirm_downgrade(revisions, destination, x_opts):
     """A downgrade to base, or one that drops tables holding rows, needs a yes."""
-    holding_rows = {t: n for t, n in row_counts(tables_dropped_by(revisions)).items() if n}
+    with db.engine.connect() as conn:
+        counts = {table: count_rows(conn, table) for table in tables_dropped_by(revisions)}
+    holding_rows = {table: rows for table, rows in counts.items() if rows}
     if destination != "base" and not holding_rows:
         return
     what = "downgrade to base" if destination == "base" else "this downgrade"
@@ -473,7 +480,7 @@ def confirm_downgrade(revisions, destination, x_opts):
         return
     if not sys.stdin.isatty():
         raise MigrationError(f"{what}; nothing changed. To go ahead, add -x yes")
-    if input(f"{what}. Continue? [y/N] ").strip().lower() not in ("y", "yes"):
+    if not ask(f"{what}. Continue?"):
         raise MigrationError("downgrade cancelled; nothing changed")
 
 
@@ -527,7 +534,7 @@ def confirm_rename(old, new, answers):
     if old in answers:
         return answers[old] == new
     if sys.stdin.isatty():
-        return input(f"Did you rename {old} to {new}? [y/N] ").strip().lower() in ("y", "yes")
+        return ask(f"Did you rename {old} to {new}?")
     return None
 
 
@@ -650,10 +657,8 @@ def each_op(container):
 def data_loss_warnings(script, connection):
     """Operations of the upgrade that can lose data, and of the downgrade that cannot run
     on a populated table."""
-    def rows(table):
-        if not sa.inspect(connection).has_table(table):
-            return 0
-        return connection.execute(sa.select(sa.func.count()).select_from(sa.table(table))).scalar()
+    def rows(table):  # for the messages below
+        return count_rows(connection, table)
 
     warnings = []
     for op in each_op(script.upgrade_ops):
