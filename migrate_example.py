@@ -124,17 +124,29 @@ def file_checksum(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def forget_checksums(connection, revisions=None):
+    """Delete the stored checksums of these revisions (of all, without any)."""
+    checksums.create(connection, checkfirst=True)
+    forget = checksums.delete()
+    if revisions is not None:
+        forget = forget.where(checksums.c.revision.in_(revisions))
+    connection.execute(forget)
+
+
+def remember_checksums(connection, scripts):
+    """Store the sha256 of each revision script's file, as applied now."""
+    for script in scripts:
+        connection.execute(checksums.insert().values(
+            revision=script.revision, checksum=file_checksum(script.path), applied_at=now_utc()))
+
+
 def record_checksum(ctx, step, heads, run_args):
     """Alembic's on_version_apply hook: in the revision's own transaction, remember the
     sha256 of an applied revision's file, or forget a reverted one."""
-    checksums.create(ctx.connection, checkfirst=True)
-    ctx.connection.execute(checksums.delete().where(
-        checksums.c.revision.in_(step.up_revision_ids)))
+    forget_checksums(ctx.connection, step.up_revision_ids)
     if step.is_upgrade:
-        for revision in step.up_revision_ids:
-            script = step.revision_map.get_revision(revision)
-            ctx.connection.execute(checksums.insert().values(
-                revision=revision, checksum=file_checksum(script.path), applied_at=now_utc()))
+        remember_checksums(ctx.connection,
+                           [step.revision_map.get_revision(r) for r in step.up_revision_ids])
 
 
 def not_our_bookkeeping(name, type_, parent_names):
@@ -875,13 +887,9 @@ def repair(directory=None):
     script = ScriptDirectory.from_config(migrate.get_config(directory))
     with migration_lock(), db.engine.begin() as conn:
         heads = MigrationContext.configure(conn).get_current_heads()
-        applied = [s.revision for s in script.iterate_revisions(heads, "base")]
-        checksums.create(conn, checkfirst=True)
-        conn.execute(checksums.delete())
-        for revision in applied:
-            conn.execute(checksums.insert().values(
-                revision=revision, checksum=file_checksum(script.get_revision(revision).path),
-                applied_at=now_utc()))
+        applied = list(script.iterate_revisions(heads, "base"))
+        forget_checksums(conn)
+        remember_checksums(conn, applied)
     print(f"Recorded the checksums of {len(applied)} applied revision(s)")
 
 
