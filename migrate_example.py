@@ -348,6 +348,11 @@ def advisory_lock_holder(conn):
     return f"server pid {row.pid}, {row.application_name or 'no name'}, from {row.client_addr}"
 
 
+def script_directory(directory=None, x_arg=None):
+    """The migration scripts, as Flask-Migrate's `-d DIRECTORY` option finds them."""
+    return ScriptDirectory.from_config(migrate.get_config(directory, x_arg=x_arg))
+
+
 def current_heads():
     with db.engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_heads()
@@ -502,7 +507,7 @@ def run_migration(direction, directory, revision, sql, tag, x_arg):
     if sql:  # offline: prints SQL, touches no database
         return run(directory, revision, sql, tag, x_arg)
     x_opts = x_options(x_arg)
-    script = ScriptDirectory.from_config(migrate.get_config(directory, x_arg=x_arg))
+    script = script_directory(directory, x_arg)
     path = sqlite_path()
     existing_file = path is not None and path.exists()
     app.config["MIGRATE_MISSING_DATABASE"] = "create" if direction == "upgrade" else "refuse"
@@ -884,7 +889,7 @@ def stamp_database(directory=None, revision="head", sql=False, tag=None):
                        help="Migration script directory (default is 'migrations')")
 def repair(directory=None):
     """Record the checksums of the applied revisions' files anew, after a deliberate edit."""
-    script = ScriptDirectory.from_config(migrate.get_config(directory))
+    script = script_directory(directory)
     with migration_lock(), db.engine.begin() as conn:
         heads = MigrationContext.configure(conn).get_current_heads()
         applied = list(script.iterate_revisions(heads, "base"))
@@ -903,7 +908,7 @@ def show_history(directory=None, rev_range=None, verbose=False, indicate_current
     """List changeset scripts in chronological order (--applied: with their dates)."""
     if not applied:
         return flask_migrate.history(directory, rev_range, verbose, indicate_current)
-    script = ScriptDirectory.from_config(migrate.get_config(directory))
+    script = script_directory(directory)
     with db.engine.connect() as conn:
         dates = {}
         if sa.inspect(conn).has_table(CHECKSUM_TABLE):
@@ -919,7 +924,7 @@ def show_history(directory=None, rev_range=None, verbose=False, indicate_current
 def check(directory=None):
     """Exit 0 if the models match the migrations' head and the database is at head; else
     exit 1 and list each difference on a line."""
-    script = ScriptDirectory.from_config(migrate.get_config(directory))
+    script = script_directory(directory)
     problems = []
     with db.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={
