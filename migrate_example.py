@@ -353,16 +353,14 @@ def script_directory(directory=None, x_arg=None):
     return ScriptDirectory.from_config(migrate.get_config(directory, x_arg=x_arg))
 
 
-def current_heads():
-    with db.engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_heads()
+def current_heads(connection):
+    return MigrationContext.configure(connection).get_current_heads()
 
 
 @contextmanager
-def no_empty_version_table_left():
+def no_empty_version_table_left(had_table):
     """Alembic creates alembic_version outside the first revision's transaction; if that
     revision fails, drop the table again so the database is as it was."""
-    had_table = sa.inspect(db.engine).has_table("alembic_version")
     try:
         yield
     except BaseException:
@@ -429,12 +427,11 @@ def x_options(x_arg):
     return dict(x.partition("=")[::2] for x in x_arg or [])
 
 
-def verify_checksums(script):
+def verify_checksums(script, connection):
     """Refuse to run when an applied revision's file changed since it was applied."""
-    with db.engine.connect() as conn:
-        if not sa.inspect(conn).has_table(CHECKSUM_TABLE):
-            return
-        recorded = conn.execute(sa.select(checksums.c.revision, checksums.c.checksum)).all()
+    if not sa.inspect(connection).has_table(CHECKSUM_TABLE):
+        return
+    recorded = connection.execute(sa.select(checksums.c.revision, checksums.c.checksum)).all()
     for revision, checksum in recorded:
         try:
             path = script.get_revision(revision).path
@@ -446,12 +443,10 @@ def verify_checksums(script):
                 "put the file back, or run `db repair` if the change was deliberate")
 
 
-def refuse_unversioned_database():
-    """An existing database that these migrations did not make must be adopted by hand."""
-    inspector = sa.inspect(db.engine)
-    if inspector.has_table("alembic_version"):
-        return
-    tables = [t for t in inspector.get_table_names() if t != CHECKSUM_TABLE]
+def refuse_unversioned_database(connection):
+    """An existing database that these migrations did not make (it has tables but no
+    alembic_version) must be adopted by hand."""
+    tables = [t for t in sa.inspect(connection).get_table_names() if t != CHECKSUM_TABLE]
     if tables:
         raise MigrationError(
             f"the database already has tables ({', '.join(tables)}) but no alembic_version, "
@@ -483,11 +478,14 @@ def ask(question):
     return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
-def confirm_downgrade(revisions, destination, x_opts):
+def rows_to_be_dropped(connection, revisions):
+    """{table: rows} for the tables holding rows that these downgrades drop."""
+    counts = {table: count_rows(connection, table) for table in tables_dropped_by(revisions)}
+    return {table: rows for table, rows in counts.items() if rows}
+
+
+def confirm_downgrade(holding_rows, destination, x_opts):
     """A downgrade to base, or one that drops tables holding rows, needs a yes."""
-    with db.engine.connect() as conn:
-        counts = {table: count_rows(conn, table) for table in tables_dropped_by(revisions)}
-    holding_rows = {table: rows for table, rows in counts.items() if rows}
     if destination != "base" and not holding_rows:
         return
     what = "downgrade to base" if destination == "base" else "this downgrade"
@@ -513,20 +511,26 @@ def run_migration(direction, directory, revision, sql, tag, x_arg):
     app.config["MIGRATE_MISSING_DATABASE"] = "create" if direction == "upgrade" else "refuse"
     db.engine.connect().close()  # fails here, before the lock file, on a missing database
     with migration_lock():
-        if direction == "upgrade":
-            refuse_unversioned_database()
-        verify_checksums(script)
-        heads = current_heads()
-        revisions = planned_revisions(script, direction, revision, heads)
-        if not revisions:
-            return  # already there: no snapshot, no run
-        destination = planned_destination(direction, revisions)
+        # Everything the checks read, on one connection, closed before anything is asked or
+        # run (on PostgreSQL an open read would hold locks the revisions need).
+        with db.engine.connect() as conn:
+            had_version_table = sa.inspect(conn).has_table("alembic_version")
+            if direction == "upgrade" and not had_version_table:
+                refuse_unversioned_database(conn)
+            verify_checksums(script, conn)
+            heads = current_heads(conn)
+            revisions = planned_revisions(script, direction, revision, heads)
+            if not revisions:
+                return  # already there: no snapshot, no run
+            destination = planned_destination(direction, revisions)
+            if direction == "downgrade":
+                holding_rows = rows_to_be_dropped(conn, revisions)
         if direction == "downgrade":
-            confirm_downgrade(revisions, destination, x_opts)
+            confirm_downgrade(holding_rows, destination, x_opts)
         if existing_file and x_opts.get("backup") != "off":
             take_snapshot(path, f"{revision_label(heads)}-{destination}")
         db.engine.update_execution_options(migration=True)
-        with no_empty_version_table_left():
+        with no_empty_version_table_left(had_version_table):
             run(directory, revision, sql, tag, x_arg)
 
 
@@ -834,7 +838,9 @@ def restore(snapshot):
         raise MigrationError(f"no snapshot at {snapshot}")
     with migration_lock():
         if path.exists():
-            take_snapshot(path, f"{revision_label(current_heads())}-restore")
+            with db.engine.connect() as conn:
+                heads = current_heads(conn)
+            take_snapshot(path, f"{revision_label(heads)}-restore")
         with closing(sqlite3.connect(snapshot)) as source, closing(sqlite3.connect(path)) as target:
             source.backup(target)
     print(f"Restored {path} from {snapshot}")
@@ -870,7 +876,8 @@ def show_current(directory=None, verbose=False):
     if verbose or config.get_main_option("version_locations"):
         return flask_migrate.current(directory, verbose)
     lines = revision_lines(ScriptDirectory.from_config(config))
-    heads = current_heads()
+    with db.engine.connect() as conn:
+        heads = current_heads(conn)
     if not all(head in lines for head in heads):  # let Alembic explain
         return flask_migrate.current(directory, verbose)
     for head in heads:
@@ -891,7 +898,7 @@ def repair(directory=None):
     """Record the checksums of the applied revisions' files anew, after a deliberate edit."""
     script = script_directory(directory)
     with migration_lock(), db.engine.begin() as conn:
-        heads = MigrationContext.configure(conn).get_current_heads()
+        heads = current_heads(conn)
         applied = list(script.iterate_revisions(heads, "base"))
         forget_checksums(conn)
         remember_checksums(conn, applied)
