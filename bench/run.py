@@ -109,8 +109,9 @@ def make_ours(workdir, extra_revisions):
     project = workdir / "ours"
     project.mkdir()
     shutil.copy(ROOT / "migrate_example.py", project)
-    shutil.copytree(ROOT / "migrations", project / "migrations",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("migrations", "safe_migrate"):
+        shutil.copytree(ROOT / folder, project / folder,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     add_generated_revisions(project / "migrations" / "versions", extra_revisions)
     env = {**BASE_ENV, "DATABASE_URL": f"sqlite:///{project / 'data.db'}"}
     return project, env

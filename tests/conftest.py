@@ -33,19 +33,29 @@ def pytest_configure(config):
 
 
 class Project:
-    """A copy of migrate_example.py (and usually migrations/) in a temp folder."""
+    """A copy of migrate_example.py, the safe_migrate package (and usually migrations/) in a
+    temp folder, driven through one of the two CLIs."""
 
-    def __init__(self, path, database_url=None):
+    def __init__(self, path, database_url=None, cli="manager"):
         self.path = path
         self.module = path / "migrate_example.py"
         self.database_url = database_url or f"sqlite:///{path / 'data.db'}"
+        self.cli = cli
         self.env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "FLASK_APP")}
         if database_url:
             self.env["DATABASE_URL"] = database_url
 
+    def db_argv(self, *args):
+        """`python migrate_example.py db ARGS` (Flask-Script), or `flask db ARGS` with
+        FLASK_APP=migrate_example.py (Flask's CLI)."""
+        if self.cli == "flask":
+            return [sys.executable, "-m", "flask", "db", *args]
+        return [sys.executable, self.module, "db", *args]
+
     def db(self, *args, **kwargs):
-        """Run `python migrate_example.py db ARGS...`; return (exit code, stdout+stderr)."""
-        return self.run(sys.executable, self.module, "db", *args, **kwargs)
+        """Run a db command through this project's CLI; return (exit code, stdout+stderr)."""
+        env = {"FLASK_APP": "migrate_example.py", **kwargs.pop("env", {})}
+        return self.run(*self.db_argv(*args), env=env, **kwargs)
 
     def run(self, *argv, cwd=None, env=None, timeout=120, stderr=subprocess.STDOUT):
         """Run a command in the project folder; return (exit code, output). Output is stdout
@@ -67,8 +77,8 @@ class Project:
         """Run a db command on a pseudo-terminal and answer its first [y/N] question;
         return (exit code, everything the terminal showed)."""
         controller, terminal = pty.openpty()
-        proc = subprocess.Popen([sys.executable, str(self.module), "db", *args],
-                                cwd=self.path, env=self.env,
+        proc = subprocess.Popen([str(a) for a in self.db_argv(*args)], cwd=self.path,
+                                env={**self.env, "FLASK_APP": "migrate_example.py"},
                                 stdin=terminal, stdout=terminal, stderr=terminal)
         os.close(terminal)
         seen = b""
@@ -194,6 +204,8 @@ def file_hash(path):
 def copy_project(dest, with_migrations=True):
     dest.mkdir()
     shutil.copy(ROOT / "migrate_example.py", dest)
+    shutil.copytree(ROOT / "safe_migrate", dest / "safe_migrate",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     if with_migrations:
         shutil.copytree(
             ROOT / "migrations", dest / "migrations", ignore=shutil.ignore_patterns("__pycache__")
@@ -311,13 +323,23 @@ def database_url(backend, request):
     return None
 
 
+@pytest.fixture(params=["manager"])
+def cli(request):
+    """Which CLI runs `db` commands: Flask-Script's Manager here; a test module that states
+    a guarantee of both CLIs overrides this fixture with params=CLIS."""
+    return request.param
+
+
+CLIS = ["manager", "flask"]
+
+
 @pytest.fixture
-def make_project(tmp_path):
-    """Copy the project into tmp_path/NAME: the module, and the committed migrations unless
-    with_migrations=False (the tutorial's empty folder)."""
+def make_project(tmp_path, cli):
+    """Copy the project into tmp_path/NAME: the module, the package, and the committed
+    migrations unless with_migrations=False (the tutorial's empty folder)."""
 
     def make(name="project", database_url=None, with_migrations=True):
-        return Project(copy_project(tmp_path / name, with_migrations), database_url)
+        return Project(copy_project(tmp_path / name, with_migrations), database_url, cli)
 
     return make
 

@@ -1,0 +1,37 @@
+"""Test sessions: the whole suite on Python 3.11 with coverage across the CLI subprocesses,
+the SQLite half on 3.12 and 3.13. `nox` runs them all; `nox -s tests` one."""
+import os
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["tests", "sqlite"]
+nox.options.error_on_missing_interpreters = True
+
+# This machine's other Pythons are pyenv builds, not on PATH: put them after the default one.
+PYENV_VERSIONS = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+os.environ["PATH"] = os.pathsep.join(
+    [os.environ["PATH"], *map(str, sorted(PYENV_VERSIONS.glob("3.1[123].*/bin")))])
+ROOT = Path(__file__).resolve().parent
+
+
+def install(session):
+    session.install("-q", "-r", "requirements.txt", "-r", "tests/requirements.txt")
+
+
+@nox.session(python="3.11")
+def tests(session):
+    """Every test, on SQLite and PostgreSQL, with coverage of the package."""
+    install(session)
+    session.env["COVERAGE_FILE"] = str(ROOT / ".coverage")
+    session.run("coverage", "erase")
+    session.run("coverage", "run", "-m", "pytest", *session.posargs)
+    session.run("coverage", "combine", "-q")
+    session.run("coverage", "report")
+
+
+@nox.session(python=["3.12", "3.13"])
+def sqlite(session):
+    """The SQLite tests on the newer Pythons."""
+    install(session)
+    session.run("python", "-m", "pytest", "-m", "not postgresql", *session.posargs)

@@ -1,0 +1,76 @@
+"""Revision checksums: the sha256 of each applied revision's file, kept beside
+alembic_version in `migration_checksums`, so an edited applied revision is noticed."""
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from .errors import MigrationError
+
+CHECKSUM_TABLE = "migration_checksums"
+
+checksums = sa.Table(
+    CHECKSUM_TABLE,
+    sa.MetaData(),
+    sa.Column("revision", sa.String(32), primary_key=True),
+    sa.Column("checksum", sa.String(64), nullable=False),
+    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def file_checksum(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def forget_checksums(connection: sa.engine.Connection, revisions=None) -> None:
+    """Delete the stored checksums of these revisions (of all, without any)."""
+    checksums.create(connection, checkfirst=True)
+    forget = checksums.delete()
+    if revisions is not None:
+        forget = forget.where(checksums.c.revision.in_(revisions))
+    connection.execute(forget)
+
+
+def remember_checksums(connection: sa.engine.Connection, scripts) -> None:
+    """Store the sha256 of each revision script's file, as applied now."""
+    now = datetime.now(UTC)
+    for script in scripts:
+        connection.execute(checksums.insert().values(
+            revision=script.revision, checksum=file_checksum(script.path), applied_at=now))
+
+
+def record_checksum(ctx, step, heads, run_args) -> None:
+    """Alembic's on_version_apply hook: in the revision's own transaction, remember the
+    sha256 of an applied revision's file, or forget a reverted one."""
+    forget_checksums(ctx.connection, step.up_revision_ids)
+    if step.is_upgrade:
+        remember_checksums(ctx.connection,
+                           [step.revision_map.get_revision(r) for r in step.up_revision_ids])
+
+
+def verify_checksums(script, connection: sa.engine.Connection) -> None:
+    """Refuse to run when an applied revision's file changed since it was applied."""
+    from alembic.script.revision import RevisionError
+
+    if not sa.inspect(connection).has_table(CHECKSUM_TABLE):
+        return
+    recorded = connection.execute(sa.select(checksums.c.revision, checksums.c.checksum)).all()
+    for revision, checksum in recorded:
+        try:
+            path = script.get_revision(revision).path
+        except RevisionError:
+            raise MigrationError(f"revision {revision} is applied but its file is gone") from None
+        if file_checksum(path) != checksum:
+            raise MigrationError(
+                f"{path} changed after revision {revision} was applied (its sha256 differs); "
+                "put the file back, or run `db repair` if the change was deliberate")
+
+
+def applied_dates(connection: sa.engine.Connection) -> dict:
+    """{revision: when it was applied} for this database."""
+    if not sa.inspect(connection).has_table(CHECKSUM_TABLE):
+        return {}
+    return dict(connection.execute(sa.select(checksums.c.revision, checksums.c.applied_at)).all())

@@ -1,0 +1,156 @@
+"""The `db` commands on both CLIs: Flask-Script's `MigrateCommand` and `flask db`.
+
+Each command is described once (its function in commands.py and its options below) and
+built for each CLI from that description, with its errors reported as one line.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import click
+import flask_script
+from flask.cli import AppGroup, with_appcontext
+
+from . import commands
+from .errors import reported
+
+
+@dataclass
+class Opt:
+    """One option or argument of a command, for argparse (Flask-Script) and click."""
+    flags: tuple
+    help: str = ""
+    default: object = None
+    flag: bool = False       # --sql: true when given
+    multiple: bool = False   # -x a -x b
+    nargs: str | None = None  # arguments: "?" (optional), "+" (one or more)
+    dest: str = field(default="")
+
+    def __post_init__(self):
+        if not self.dest:
+            self.dest = max(self.flags, key=len).lstrip("-").replace("-", "_")
+
+    @property
+    def positional(self) -> bool:
+        return not self.flags[0].startswith("-")
+
+
+def opt(*flags, **kwargs) -> Opt:
+    return Opt(flags, **kwargs)
+
+
+DIRECTORY = opt("-d", "--directory", help="Migration script directory (default is 'migrations')")
+X_ARG = opt("-x", "--x-arg", multiple=True,
+            help="Additional arguments consumed by custom env.py scripts (rename=TABLE.OLD:NEW, "
+                 "yes, backup=off)")
+SQL = opt("--sql", flag=True, help="Don't emit SQL to database - dump to standard output instead")
+TAG = opt("--tag", help="Arbitrary 'tag' name - can be used by custom env.py scripts")
+MESSAGE = opt("-m", "--message", help="Revision message")
+VERBOSE = opt("-v", "--verbose", flag=True, help="Use more verbose output")
+NEW_REVISION = [
+    opt("--head", default="head", help="Specify head revision or <branchname>@head to base new "
+                                       "revision on"),
+    opt("--splice", flag=True, help="Allow a non-head revision as the 'head' to splice onto"),
+    opt("--branch-label", help="Specify a branch label to apply to the new revision"),
+    opt("--version-path", help="Specify specific path from config for version file"),
+    opt("--rev-id", help="Specify a hardcoded revision id instead of generating one"),
+]
+
+COMMANDS = {
+    "init": (commands.init, [DIRECTORY, opt("--multidb", flag=True, help="Multiple databases "
+                                                                           "migration (not supported)")]),
+    "revision": (commands.revision, [DIRECTORY, MESSAGE, opt("--autogenerate", flag=True, help=(
+        "Populate revision script with candidate migration operations, based on comparison of "
+        "database to model")), SQL, *NEW_REVISION, X_ARG]),
+    "migrate": (commands.migrate, [DIRECTORY, MESSAGE, SQL, *NEW_REVISION, X_ARG]),
+    "edit": (commands.edit, [DIRECTORY, opt("revision", nargs="?", default="head",
+                                            help="revision identifier")]),
+    "merge": (commands.merge, [DIRECTORY, MESSAGE, opt("--branch-label", help=(
+        "Specify a branch label to apply to the new revision")), opt("--rev-id", help=(
+            "Specify a hardcoded revision id instead of generating one")),
+        opt("revisions", nargs="+", help="one or more revisions, or 'heads' for all heads")]),
+    "upgrade": (commands.upgrade, [DIRECTORY, SQL, TAG, X_ARG, opt(
+        "revision", nargs="?", default="head", help="revision identifier")]),
+    "downgrade": (commands.downgrade, [DIRECTORY, SQL, TAG, X_ARG, opt(
+        "revision", nargs="?", default="-1", help="revision identifier")]),
+    "show": (commands.show, [DIRECTORY, opt("revision", nargs="?", default="head",
+                                            help="revision identifier")]),
+    "history": (commands.history, [DIRECTORY, opt("-r", "--rev-range", help=(
+        "Specify a revision range; format is [start]:[end]")), VERBOSE,
+        opt("-i", "--indicate-current", flag=True, help="Indicate current version (Alembic "
+                                                         "0.9.9 or greater is required)"),
+        opt("--applied", flag=True, help="show when each revision was applied to this database")]),
+    "heads": (commands.heads, [DIRECTORY, VERBOSE, opt("--resolve-dependencies", flag=True, help=(
+        "Treat dependency versions as down revisions"))]),
+    "branches": (commands.branches, [DIRECTORY, VERBOSE]),
+    "current": (commands.current, [DIRECTORY, VERBOSE]),
+    "stamp": (commands.stamp, [DIRECTORY, SQL, TAG, opt("revision", nargs="?", default="head",
+                                                         help="revision identifier")]),
+    "check": (commands.check, [DIRECTORY]),
+    "repair": (commands.repair, [DIRECTORY]),
+    "restore": (commands.restore, [opt("snapshot", help="a snapshot file, from backups/ beside "
+                                                        "the database")]),
+}
+
+
+# --- Flask-Script: python manage.py db ... ----------------------------------------------
+
+
+class DbCommand(flask_script.Command):
+    """A `db` subcommand for Flask-Script's Manager, built with its public Command API."""
+
+    def __init__(self, func, options) -> None:
+        super().__init__()
+        self.func = func
+        self.__doc__ = func.__doc__
+        self.option_list = [self.argparse_option(o) for o in options]
+
+    @staticmethod
+    def argparse_option(o: Opt) -> flask_script.Option:
+        if o.positional:
+            return flask_script.Option(o.dest, nargs=o.nargs, default=o.default, help=o.help)
+        action = "store_true" if o.flag else "append" if o.multiple else "store"
+        return flask_script.Option(*o.flags, dest=o.dest, action=action,
+                                   default=False if o.flag else o.default, help=o.help)
+
+    def run(self, **kwargs):
+        return self.func(**kwargs)
+
+    def __call__(self, app=None, *args, **kwargs):
+        with reported():
+            return super().__call__(app, *args, **kwargs)
+
+
+def flask_script_manager() -> flask_script.Manager:
+    """Flask-Migrate's MigrateCommand, with our commands."""
+    manager = flask_script.Manager(usage="Perform database migrations")
+    for name, (func, options) in COMMANDS.items():
+        manager.add_command(name, DbCommand(func, options))
+    return manager
+
+
+# --- click: flask db ... ----------------------------------------------------------------
+
+
+def click_param(o: Opt) -> click.Parameter:
+    if o.positional:
+        nargs = -1 if o.nargs == "+" else 1
+        return click.Argument([o.dest], nargs=nargs, required=o.nargs != "?", default=o.default)
+    return click.Option([*o.flags, o.dest], is_flag=o.flag or None, multiple=o.multiple,
+                        default=o.default if not o.flag else False, help=o.help)
+
+
+def click_command(name: str, func, options) -> click.Command:
+    def callback(**kwargs):
+        with reported():
+            return func(**kwargs)
+
+    # `db downgrade -2` is a relative revision, as argparse (Flask-Script) reads it, not an option.
+    settings = {"ignore_unknown_options": True} if name == "downgrade" else {}
+    return click.Command(name, context_settings=settings, callback=with_appcontext(callback), params=[click_param(o) for o in options],
+                         help=func.__doc__)
+
+
+db_group = AppGroup("db", help="Perform database migrations.")
+for _name, (_func, _options) in COMMANDS.items():
+    db_group.add_command(click_command(_name, _func, _options))

@@ -1,0 +1,259 @@
+"""The `db` commands, one thin function each, as Flask-Migrate 2.7 has them, plus `check`,
+`repair` and `restore`. Both CLIs (cli.py) call these; what makes a run safe happens where
+Alembic runs it (runner.py), so these only pass their options on.
+
+Alembic is imported inside the functions: a command that does not need it does not pay
+for it at start-up.
+"""
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import sys
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from .checksums import applied_dates, forget_checksums, remember_checksums
+from .errors import MigrationError
+from .extension import current_state
+from .snapshots import copy_database, take_snapshot
+
+
+def config(directory=None, x_arg=None, opts=None, command=None):
+    return current_state().migrate.get_config(directory, x_arg, opts, command)
+
+
+def script_directory(directory=None):
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(config(directory))
+
+
+def current_heads(connection) -> tuple:
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(connection).get_current_heads()
+
+
+def init(directory=None, multidb=False):
+    """Creates a new migration repository"""
+    from alembic import command
+
+    if multidb:
+        raise MigrationError("--multidb is not supported: its env.py would bypass the "
+                             "guarantees of safe_migrate")
+    directory = directory or current_state().directory
+    command.init(config(directory), directory, "flask")
+
+
+def revision(directory=None, message=None, autogenerate=False, sql=False, head="head",
+             splice=False, branch_label=None, version_path=None, rev_id=None, x_arg=None):
+    """Create a new revision file (--autogenerate: from the models, asking about renames)"""
+    from alembic import command
+    from alembic.util import CommandError
+
+    opts = ["autogenerate"] if autogenerate else None
+    try:
+        command.revision(config(directory, x_arg, opts, "revision"), message,
+                         autogenerate=autogenerate, sql=sql, head=head, splice=splice,
+                         branch_label=branch_label, version_path=version_path, rev_id=rev_id)
+    except CommandError as exc:
+        if "not up to date" in str(exc):
+            raise MigrationError(f"{exc} Run `db upgrade` first.") from None
+        raise
+
+
+def migrate(directory=None, message=None, sql=False, head="head", splice=False,
+            branch_label=None, version_path=None, rev_id=None, x_arg=None):
+    """Alias for 'revision --autogenerate'"""
+    revision(directory, message, True, sql, head, splice, branch_label, version_path, rev_id,
+             x_arg)
+
+
+def edit(directory=None, revision="current"):
+    """Edit current revision."""
+    from alembic import command
+
+    command.edit(config(directory), revision)
+
+
+def merge(directory=None, revisions="", message=None, branch_label=None, rev_id=None):
+    """Merge two revisions together.  Creates a new migration file"""
+    from alembic import command
+
+    command.merge(config(directory), revisions, message=message, branch_label=branch_label,
+                  rev_id=rev_id)
+
+
+def upgrade(directory=None, revision="head", sql=False, tag=None, x_arg=None):
+    """Upgrade to a later version (a SQLite file is snapshotted first; -x backup=off skips)"""
+    from alembic import command
+
+    command.upgrade(config(directory, x_arg, command="upgrade"), revision, sql=sql, tag=tag)
+
+
+def downgrade(directory=None, revision="-1", sql=False, tag=None, x_arg=None):
+    """Revert to a previous version (a SQLite file is snapshotted first; -x backup=off
+    skips; to base, or dropping tables that hold rows, asks first: -x yes answers)"""
+    from alembic import command
+
+    if sql and revision == "-1":
+        revision = "head:-1"
+    command.downgrade(config(directory, x_arg, command="downgrade"), revision, sql=sql, tag=tag)
+
+
+def show(directory=None, revision="head"):
+    """Show the revision denoted by the given symbol."""
+    from alembic import command
+
+    command.show(config(directory), revision)
+
+
+def history(directory=None, rev_range=None, verbose=False, indicate_current=False,
+            applied=False):
+    """List changeset scripts in chronological order (--applied: with the dates they were
+    applied to this database)"""
+    from alembic import command
+
+    if not applied:
+        return command.history(config(directory), rev_range, verbose=verbose,
+                               indicate_current=indicate_current)
+    with current_state().engine.connect() as conn:
+        dates = applied_dates(conn)
+    for rev in script_directory(directory).walk_revisions():
+        when = dates.get(rev.revision)
+        when = f"applied {when:%Y-%m-%d %H:%M:%S}" if when else "not applied"
+        print(f"{rev.revision}  {when:<27}  {rev.doc}")
+
+
+def heads(directory=None, verbose=False, resolve_dependencies=False):
+    """Show current available heads in the script directory"""
+    from alembic import command
+
+    command.heads(config(directory), verbose=verbose, resolve_dependencies=resolve_dependencies)
+
+
+def branches(directory=None, verbose=False):
+    """Show current branch points"""
+    from alembic import command
+
+    command.branches(config(directory), verbose=verbose)
+
+
+def current(directory=None, verbose=False):
+    """Display the current revision for each database."""
+    state = current_state()
+    directory = Path(directory or state.directory)
+    ini = configparser.ConfigParser()
+    ini.read(directory / "alembic.ini")
+    if verbose or ini.get("alembic", "version_locations", fallback=None):
+        return alembic_current(directory, verbose)
+    # What Alembic's `current` prints, without loading Alembic or every revision file.
+    lines = revision_lines(directory / "versions")
+    with state.engine.connect() as conn:
+        heads = []
+        if sa.inspect(conn).has_table("alembic_version"):
+            heads = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all()
+    if not all(head in lines for head in heads):  # let Alembic explain
+        return alembic_current(directory, verbose)
+    for head in heads:
+        print(lines[head])
+
+
+def alembic_current(directory, verbose):
+    from alembic import command
+
+    command.current(config(directory, command="current"), verbose=verbose)
+
+
+def revision_lines(versions: Path) -> dict:
+    """What `db current` prints for each revision ('edee0e2ae9aa (head)'). Finding heads
+    means loading every revision file, so the lines are cached in versions/__pycache__
+    until a file there changes (by name, size and mtime, as Python checks its bytecode)."""
+    signature = sorted([e.name, e.stat().st_size, e.stat().st_mtime_ns]
+                       for e in os.scandir(versions) if e.name.endswith(".py"))
+    cache = versions / "__pycache__" / "safe_migrate.current.json"
+    try:
+        cached = json.loads(cache.read_text())
+        if cached["signature"] == signature:
+            return cached["lines"]
+    except (OSError, ValueError, KeyError):
+        pass
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory(str(versions.parent))
+    lines = {rev.revision: rev.cmd_format(False) for rev in script.walk_revisions()}
+    try:
+        cache.parent.mkdir(exist_ok=True)
+        cache.write_text(json.dumps({"signature": signature, "lines": lines}))
+    except OSError:
+        pass  # a read-only checkout: no cache, same answer
+    return lines
+
+
+def stamp(directory=None, revision="head", sql=False, tag=None):
+    """'stamp' the revision table with the given revision; don't run any migrations
+    (this is how an existing database is adopted)"""
+    from alembic import command
+
+    command.stamp(config(directory, command="stamp"), revision, sql=sql, tag=tag)
+
+
+def check(directory=None):
+    """Exit 0 if the models match the migrations' head and the database is at head; else
+    exit 1 and list each difference on a line."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from .autogenerate import describe_difference
+    from .runner import not_our_bookkeeping, revision_label
+
+    state = current_state()
+    script_heads = script_directory(directory).get_heads()
+    problems = []
+    with state.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={
+            "compare_type": True, "include_name": not_our_bookkeeping,
+            "target_metadata": state.metadata})
+        heads = context.get_current_heads()
+        if set(heads) != set(script_heads):
+            problems.append(f"database at {revision_label(heads)}, migrations' head is "
+                            f"{revision_label(script_heads)}: run `db upgrade`")
+        for difference in compare_metadata(context, state.metadata):
+            problems += describe_difference(difference)
+    if problems:
+        print("\n".join(problems))
+        sys.exit(1)
+    print("The models, the migrations' head and the database agree.")
+
+
+def repair(directory=None):
+    """Record the checksums of the applied revisions' files anew, after a deliberate edit."""
+    state = current_state()
+    script = script_directory(directory)
+    with state.lock(), state.engine.begin() as conn:
+        applied = list(script.iterate_revisions(current_heads(conn), "base"))
+        forget_checksums(conn)
+        remember_checksums(conn, applied)
+    print(f"Recorded the checksums of {len(applied)} applied revision(s)")
+
+
+def restore(snapshot):
+    """Put a snapshot from backups/ back in place of the SQLite database."""
+    from .runner import revision_label
+
+    state = current_state()
+    path, snapshot = state.path, Path(snapshot)
+    if path is None:
+        raise MigrationError("restore works on SQLite files only; use your server's backups")
+    if not snapshot.is_file():
+        raise MigrationError(f"no snapshot at {snapshot}")
+    with state.engine.connect() as conn:  # a missing file fails here: it may be a typo
+        heads = current_heads(conn)
+    with state.lock():
+        take_snapshot(path, f"{revision_label(heads)}-restore", state.settings.snapshots_kept)
+        copy_database(snapshot, path)
+    print(f"Restored {path} from {snapshot}")
+

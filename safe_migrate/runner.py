@@ -1,0 +1,222 @@
+"""What every migration run goes through, whichever CLI started it.
+
+`migrations/env.py` calls `run_migrations()`. It connects on the app's own engine, holds the
+migration lock for the commands that change the database, and wraps the list of steps that
+Alembic's command computed, so that before the first revision runs it can refuse (an
+edited applied revision, an unversioned database, a destructive downgrade nobody
+confirmed) and snapshot a SQLite file.
+"""
+from __future__ import annotations
+
+import ast
+import logging
+import sys
+from contextlib import nullcontext, suppress
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from .autogenerate import ask, count_rows, revision_directives_hook
+from .checksums import CHECKSUM_TABLE, record_checksum, verify_checksums
+from .errors import MigrationError
+from .extension import MigrateState, current_state
+from .snapshots import take_snapshot
+
+# What connecting does about a missing SQLite file, by command (see MigrateState.missing).
+MISSING_FILE = {"upgrade": "create", "stamp": "create", "revision": "compare with empty"}
+# The commands that change the database, and so run under the migration lock.
+LOCKED = {"upgrade", "downgrade", "stamp", None}
+
+
+class QuietStart(logging.Filter):
+    """Alembic's two lines at the start of every command ("Context impl SQLiteImpl.",
+    "Will assume transactional DDL.") say nothing a user can act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("Context impl", "Will assume"))
+
+
+def run_migrations() -> None:
+    """Run the Alembic command in progress with this package's guarantees (call from env.py)."""
+    from alembic import context
+
+    log = logging.getLogger("alembic.runtime.migration")
+    if not any(isinstance(f, QuietStart) for f in log.filters):
+        log.addFilter(QuietStart())
+    state = current_state()
+    if context.is_offline_mode():
+        run_offline(context, state)
+    else:
+        run_online(context, state)
+
+
+def run_offline(context, state: MigrateState) -> None:
+    command = context.config.attributes.get("safe_migrate.command")
+    if state.url.get_backend_name() == "sqlite" and command != "stamp":
+        raise MigrationError(
+            f"{command or 'this command'} --sql is not available on SQLite: batch migrations "
+            "copy tables, and must read their definitions from the live database; run it "
+            "without --sql")
+    context.configure(url=state.url, target_metadata=state.metadata, literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_online(context, state: MigrateState) -> None:
+    # Our commands say which command runs (Config.attributes is Alembic's way to pass things
+    # to env.py); a run started some other way gets the careful defaults.
+    command = context.config.attributes.get("safe_migrate.command")
+    existed = state.path is not None and state.path.exists()
+    state.missing = MISSING_FILE.get(command, "refuse")
+    try:
+        state.engine.connect().close()  # a missing file fails here, before any lock file
+        lock = state.lock() if command in LOCKED else nullcontext()
+        with lock, state.engine.execution_options(migration=True).connect() as connection:
+            Run(context, state, connection, existed, command).run()
+    finally:
+        state.missing = "refuse"
+
+
+class Run:
+    """One env.py run on one connection."""
+
+    def __init__(self, context, state: MigrateState, connection, existed: bool,
+                 command: str | None) -> None:
+        self.context = context
+        self.command = command
+        self.state = state
+        self.connection = connection
+        self.file_existed = existed
+        self.x_arg = context.get_x_argument()
+        self.had_version_table = sa.inspect(connection).has_table("alembic_version")
+
+    def run(self) -> None:
+        autogenerate = getattr(self.context.config.cmd_opts, "autogenerate", False)
+        options = dict(
+            connection=self.connection,
+            target_metadata=self.state.metadata,
+            **{**self.state.configure_args,
+               "on_version_apply": record_checksum,
+               "include_name": not_our_bookkeeping,
+               "process_revision_directives": revision_directives_hook(self.x_arg, autogenerate)})
+        self.context.configure(**options)
+        # Alembic's command gave the context the function that lists the steps to run (the
+        # public `opts["fn"]`); the context calls it through `_migrations_fn`, which Alembic
+        # has kept since 0.x. Ours checks the steps first. (Configuring again with fn= would
+        # do the same through public names, at the price of every log line twice.)
+        migration_context = self.context.get_context()
+        migration_context._migrations_fn = self.checked(migration_context.opts["fn"])
+        try:
+            with self.context.begin_transaction():
+                self.context.run_migrations()
+        except BaseException:
+            if not self.had_version_table:
+                self.drop_empty_version_table()
+            raise
+
+    def checked(self, steps):
+        def checked_steps(heads, migration_context):
+            from alembic.runtime.migration import RevisionStep
+            from alembic.util import CommandError
+
+            if self.command == "downgrade" and not heads:
+                raise MigrationError("nothing to downgrade: the database is at base")
+            try:
+                planned = list(steps(heads, migration_context))
+            except CommandError as exc:
+                if "Multiple head revisions" not in str(exc):
+                    raise
+                script_heads = ", ".join(migration_context.script.get_heads())
+                raise MigrationError(
+                    f"'head' is ambiguous: the history has several heads ({script_heads}); join "
+                    "them with `db merge heads -m MESSAGE`, or name one revision") from None
+            revisions = [step for step in planned if isinstance(step, RevisionStep)]
+            if revisions:
+                self.before_revisions(heads, revisions)
+            return planned
+
+        return checked_steps
+
+    def before_revisions(self, heads, steps) -> None:
+        """The checks, the question and the snapshot, before the first revision runs."""
+        upgrade = steps[0].is_upgrade
+        if upgrade and not self.had_version_table:
+            refuse_unversioned_database(self.connection)
+        verify_checksums(self.context.script, self.connection)
+        destination = destination_label(steps)
+        if not upgrade:
+            confirm_downgrade(rows_to_be_dropped(self.connection, steps), destination, self.x_arg)
+        backup = dict(x.partition("=")[::2] for x in self.x_arg).get("backup")
+        if self.file_existed and backup != "off":
+            take_snapshot(self.state.path, f"{revision_label(heads)}-{destination}",
+                          self.state.settings.snapshots_kept)
+
+    def drop_empty_version_table(self) -> None:
+        """Alembic creates alembic_version outside the first revision's transaction; if that
+        revision fails, drop it again so the database is as it was."""
+        with suppress(sa.exc.SQLAlchemyError), self.state.engine.begin() as conn:
+            # suppress: if this fails too, the first error is the one to show.
+            if conn.execute(sa.text("SELECT count(*) FROM alembic_version")).scalar() == 0:
+                conn.execute(sa.text("DROP TABLE alembic_version"))
+
+
+def not_our_bookkeeping(name, type_, parent_names) -> bool:
+    """Alembic's include_name hook: autogenerate leaves the checksum table alone."""
+    return not (type_ == "table" and name == CHECKSUM_TABLE)
+
+
+def revision_label(revisions) -> str:
+    return "+".join(revisions) if revisions else "base"
+
+
+def destination_label(steps) -> str:
+    last = steps[-1].revision
+    if steps[0].is_upgrade:
+        return revision_label([last.revision])
+    down = last.down_revision
+    return revision_label([down] if isinstance(down, str) else down or [])
+
+
+def refuse_unversioned_database(connection) -> None:
+    """An existing database that these migrations did not make (it has tables but no
+    alembic_version) must be adopted by hand."""
+    tables = [t for t in sa.inspect(connection).get_table_names()
+              if t not in (CHECKSUM_TABLE, "alembic_version")]
+    if tables:
+        raise MigrationError(
+            f"the database already has tables ({', '.join(tables)}) but no alembic_version, "
+            "so no revision is recorded as applied: compare it with the models (`db check`), "
+            "then adopt it with `db stamp REVISION`")
+
+
+def tables_dropped_by(steps):
+    """Tables named in op.drop_table(...) calls in the downgrade() of these scripts."""
+    for step in steps:
+        for node in ast.walk(ast.parse(Path(step.revision.path).read_text())):
+            if not (isinstance(node, ast.FunctionDef) and node.name == "downgrade"):
+                continue
+            for call in ast.walk(node):
+                if (isinstance(call, ast.Call) and getattr(call.func, "attr", "") == "drop_table"
+                        and call.args and isinstance(call.args[0], ast.Constant)):
+                    yield call.args[0].value
+
+
+def rows_to_be_dropped(connection, steps) -> dict:
+    """{table: rows} for the tables holding rows that these downgrades drop."""
+    counts = {table: count_rows(connection, table) for table in tables_dropped_by(steps)}
+    return {table: rows for table, rows in counts.items() if rows}
+
+
+def confirm_downgrade(holding_rows: dict, destination: str, x_arg) -> None:
+    """A downgrade to base, or one that drops tables holding rows, needs a yes."""
+    if destination != "base" and not holding_rows:
+        return
+    what = "downgrade to base" if destination == "base" else "this downgrade"
+    if holding_rows:
+        what += " drops " + ", ".join(f"{t} ({n} rows)" for t, n in holding_rows.items())
+    if "yes" in x_arg:
+        return
+    if not sys.stdin.isatty():
+        raise MigrationError(f"{what}; nothing changed. To go ahead, add -x yes")
+    if not ask(f"{what}. Continue?"):
+        raise MigrationError("downgrade cancelled; nothing changed")

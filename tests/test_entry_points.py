@@ -1,0 +1,220 @@
+"""The same app and the same guarantees through every entry point: Flask-Script's Manager,
+`flask db`, an env.py from elsewhere, a user's own command module, newer Pythons."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import CLIS
+
+SLOW_REVISION = """
+    def upgrade():
+        op.create_table("slow_runs", sa.Column("id", sa.Integer, primary_key=True))
+        with open({fifo!r}, "w") as started:  # tells the test the revision is running
+            started.write("running")
+        time.sleep(120)
+
+
+    def downgrade():
+        op.drop_table("slow_runs")
+"""
+
+
+@pytest.fixture(params=CLIS)
+def cli(request):
+    return request.param
+
+
+def test_flask_db_is_the_apps_own_group(sqlite_project):
+    code, output = sqlite_project.run(sys.executable, "-m", "flask", "db", "--help",
+                                      env={"FLASK_APP": "migrate_example.py"})
+    assert code == 0, output
+    for ours in ("check", "repair", "restore"):
+        assert f"  {ours} " in output, output
+
+
+@pytest.mark.parametrize("name, text, option", [
+    ("upgrade", "snapshotted first", "--x-arg"),
+    ("downgrade", "-x yes answers", "--x-arg"),
+    ("migrate", "Alias for 'revision --autogenerate'", "--x-arg"),
+    ("revision", "asking about renames", "--autogenerate"),
+    ("history", "the dates they were applied", "--applied"),
+    ("current", "Display the current revision", "--verbose"),
+    ("check", "list each difference on a line", "--directory"),
+    ("repair", "Record the checksums", "--directory"),
+    ("restore", "Put a snapshot from backups/ back", "snapshot"),
+    ("stamp", "how an existing database is adopted", "--sql"),
+])
+def test_each_command_has_its_own_help(project, name, text, option):
+    code, output = project.db(name, "--help")
+    assert code == 0, output
+    assert text in " ".join(output.split()), output
+    assert option in output, output
+
+
+def test_a_one_line_error_is_exactly_one_line(project):
+    typo = project.path / "dta.db"
+    code, output = project.db("upgrade", "--sql", env={"DATABASE_URL": f"sqlite:///{typo}"})
+    assert code == 1
+    assert output == ("Error: upgrade --sql is not available on SQLite: batch migrations copy "
+                      "tables, and must read their definitions from the live database; run it "
+                      "without --sql\n")
+    assert not typo.exists()
+
+
+def test_a_malformed_url_never_prints_its_password(project):
+    code, output = project.db("current", env={"DATABASE_URL": "postgresql//user:secret@host/x"})
+    assert code == 1
+    assert output == ("Error: DATABASE_URL is not a database URL (Could not parse SQLAlchemy "
+                      "URL from string 'postgresql//user:***@host/x')\n")
+
+
+def test_migrate_traceback_shows_the_traceback(project):
+    code, output = project.db("current", env={"MIGRATE_TRACEBACK": "1"})
+    assert code == 1
+    assert "Traceback (most recent call last)" in output and "no database at" in output
+
+
+def test_ctrl_c_is_one_line_and_rolls_the_revision_back(project):
+    assert project.db("upgrade")[0] == 0
+    fifo = project.path / "started"
+    os.mkfifo(fifo)
+    project.add_revision("slow0001", SLOW_REVISION.format(fifo=str(fifo)))
+    run = subprocess.Popen([str(a) for a in project.db_argv("upgrade", "-x", "backup=off")],
+                           cwd=project.path, env={**project.env, "FLASK_APP": "migrate_example.py"},
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    with open(fifo) as started:  # returns once the revision is inside its transaction
+        assert started.read() == "running"
+    run.send_signal(signal.SIGINT)
+    _, errors = run.communicate(timeout=60)
+
+    assert run.returncode == 130
+    assert errors.splitlines()[-1] == (
+        "Error: interrupted; the revision in progress was rolled back, the ones before it "
+        "stay applied")
+    assert "Traceback" not in errors
+    assert project.version() == project.revisions()[-2]
+    assert "slow_runs" not in project.tables()
+
+
+def test_an_env_py_that_bypasses_the_package_is_refused(project):
+    import flask_migrate
+
+    first = project.revisions()[0]
+    assert project.db("upgrade", first)[0] == 0
+    before = project.state()
+    stock = Path(flask_migrate.__file__).parent / "templates" / "flask" / "env.py"
+    (project.path / "migrations" / "env.py").write_text(stock.read_text())
+
+    code, output = project.db("upgrade", "-x", "backup=off")
+
+    assert code == 1
+    assert output.splitlines()[-1].startswith(
+        "Error: migrations/env.py does not run through safe_migrate, so nothing was applied")
+    assert project.state() == before
+
+
+def test_a_users_command_module_can_import_the_app(sqlite_project):
+    # The classic layout: commands.py imports the app module, which imports commands.py
+    # from its __main__ block, so the module runs twice in one process.
+    (sqlite_project.path / "commands.py").write_text(textwrap.dedent("""
+        from migrate_example import db, manager
+
+
+        @manager.command
+        def tables():
+            print(sorted(db.engine.table_names()))
+    """))
+    sqlite_project.edit_module('if __name__ == "__main__":\n',
+                               'if __name__ == "__main__":\n    import commands  # noqa: F401\n')
+
+    code, output = sqlite_project.db("upgrade")
+    assert code == 0, output
+    code, output = sqlite_project.db("current")
+    assert (code, output.strip()) == (0, f"{sqlite_project.revisions()[-1]} (head)")
+
+
+def test_listeners_stay_on_the_apps_engine(sqlite_project):
+    script = textwrap.dedent("""
+        import sqlalchemy as sa
+
+        import migrate_example
+        from safe_migrate import sqlite
+
+        app_engine = migrate_example.db.get_engine(migrate_example.app)
+        other = sa.create_engine("sqlite:///other.db")
+        print(sa.event.contains(app_engine, "begin", sqlite.on_begin),
+              sa.event.contains(other, "begin", sqlite.on_begin))
+        with other.connect() as conn:
+            raw = conn.connection.dbapi_connection
+            print(repr(raw.isolation_level),
+                  conn.exec_driver_sql("PRAGMA foreign_keys").scalar())
+    """)
+    code, output = sqlite_project.run(sys.executable, "-c", script)
+    assert (code, output) == (0, "True False\n'' 0\n"), output
+
+
+SIMULATE_314 = """
+    # Python 3.14 removed these; delete them here, at start-up, to run as 3.14 would.
+    import ast
+    import pkgutil
+
+    for name in ("get_loader", "find_loader"):
+        if hasattr(pkgutil, name):
+            delattr(pkgutil, name)
+    for name in ("Str", "Num", "Bytes", "NameConstant", "Ellipsis"):
+        if hasattr(ast, name):
+            delattr(ast, name)
+"""
+
+
+@pytest.fixture
+def as_python_314(tmp_path):
+    """An environment whose Python lacks what 3.14 removed (a sitecustomize on PYTHONPATH)."""
+    site = tmp_path / "site314"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(textwrap.dedent(SIMULATE_314))
+    return {"PYTHONPATH": str(site)}
+
+
+def test_the_314_simulation_breaks_flask_as_the_tutorial_uses_it(sqlite_project, as_python_314):
+    code, output = sqlite_project.run(sys.executable, "-c", "import flask; flask.Flask('x')",
+                                      env=as_python_314)
+    assert code == 1 and "get_loader" in output, output
+
+
+def test_every_command_runs_without_what_314_removed(project, as_python_314):
+    head = project.revisions()[-1]
+    for args in (["upgrade"], ["check"], ["downgrade", "-x", "yes"], ["upgrade"]):
+        code, output = project.db(*args, env=as_python_314)
+        assert code == 0, output
+    code, output = project.db("current", env=as_python_314)
+    assert (code, output.strip().splitlines()[-1]) == (0, f"{head} (head)")
+
+
+@pytest.mark.parametrize("args", [["upgrade"], ["current"], ["check"]])
+def test_no_deprecation_warnings(sqlite_project, args):
+    assert sqlite_project.db("upgrade")[0] == 0
+    code, output = sqlite_project.run(sys.executable, "-W", "error::DeprecationWarning",
+                                      "migrate_example.py", "db", *args)
+    assert code == 0, output
+    assert "Warning" not in output
+
+
+def test_migrate_and_check_through_either_cli(project):
+    assert project.db("upgrade")[0] == 0
+    project.edit_module("    clocation = db.Column(db.String, unique=False, nullable=False)\n",
+                        "    clocation = db.Column(db.String, unique=False, nullable=False)\n"
+                        "    phone = db.Column(db.String, nullable=True)\n")
+
+    assert project.db("check") == (1, "column company.phone: in the models, not in the database\n")
+    code, output = project.db("migrate", "-m", "add phone")
+    assert code == 0, output
+    assert project.db("upgrade")[0] == 0
+    assert "phone" in project.columns("company")
+    assert project.db("check") == (
+        0, "The models, the migrations' head and the database agree.\n")
