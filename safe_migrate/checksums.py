@@ -55,10 +55,7 @@ def verify_checksums(script, connection: sa.engine.Connection) -> None:
     """Refuse to run when an applied revision's file changed since it was applied."""
     from alembic.script.revision import RevisionError
 
-    if not sa.inspect(connection).has_table(CHECKSUM_TABLE):
-        return
-    recorded = connection.execute(sa.select(checksums.c.revision, checksums.c.checksum)).all()
-    for revision, checksum in recorded:
+    for revision, checksum in recorded_checksums(connection).items():
         try:
             path = script.get_revision(revision).path
         except RevisionError:
@@ -67,6 +64,13 @@ def verify_checksums(script, connection: sa.engine.Connection) -> None:
             raise MigrationError(
                 f"{path} changed after revision {revision} was applied (its sha256 differs); "
                 "put the file back, or run `db repair` if the change was deliberate")
+
+
+def recorded_checksums(connection: sa.engine.Connection) -> dict:
+    """{revision: sha256} as recorded when each was applied."""
+    if not sa.inspect(connection).has_table(CHECKSUM_TABLE):
+        return {}
+    return dict(connection.execute(sa.select(checksums.c.revision, checksums.c.checksum)).all())
 
 
 def applied_dates(connection: sa.engine.Connection) -> dict:

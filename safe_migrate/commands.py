@@ -7,17 +7,19 @@ for it at start-up.
 """
 from __future__ import annotations
 
-import configparser
-import json
-import os
 import sys
 from pathlib import Path
 
-import sqlalchemy as sa
-
-from .checksums import applied_dates, forget_checksums, remember_checksums
+from .checksums import (
+    applied_dates,
+    file_checksum,
+    forget_checksums,
+    recorded_checksums,
+    remember_checksums,
+)
 from .errors import MigrationError
 from .extension import current_state
+from .revisions import database_heads, revision_index
 from .snapshots import copy_database, take_snapshot
 
 
@@ -89,9 +91,30 @@ def merge(directory=None, revisions="", message=None, branch_label=None, rev_id=
 
 def upgrade(directory=None, revision="head", sql=False, tag=None, x_arg=None):
     """Upgrade to a later version (a SQLite file is snapshotted first; -x backup=off skips)"""
+    if not sql and revision in ("head", "heads") and nothing_to_upgrade(directory):
+        return
     from alembic import command
 
     command.upgrade(config(directory, x_arg, command="upgrade"), revision, sql=sql, tag=tag)
+
+
+def nothing_to_upgrade(directory) -> bool:
+    """True when the database is at the history's heads and every applied revision's file is
+    as it was applied: what a deploy's no-op `db upgrade` needs to know, without Alembic.
+    Anything else takes Alembic's path, which says what is wrong."""
+    state = current_state()
+    directory = Path(directory or state.directory)
+    index = revision_index(directory)
+    if index is None or (state.path is not None and not state.path.exists()):
+        return False
+    with state.engine.connect() as conn:
+        heads = database_heads(conn)
+        recorded = recorded_checksums(conn)
+    if not heads or sorted(heads) != index["heads"]:
+        return False
+    files = index["files"]
+    return all(revision in files and file_checksum(directory / "versions" / files[revision]) == checksum
+               for revision, checksum in recorded.items())
 
 
 def downgrade(directory=None, revision="-1", sql=False, tag=None, x_arg=None):
@@ -146,51 +169,19 @@ def current(directory=None, verbose=False):
     """Display the current revision for each database."""
     state = current_state()
     directory = Path(directory or state.directory)
-    ini = configparser.ConfigParser()
-    ini.read(directory / "alembic.ini")
-    if verbose or ini.get("alembic", "version_locations", fallback=None):
-        return alembic_current(directory, verbose)
-    # What Alembic's `current` prints, without loading Alembic or every revision file.
-    lines = revision_lines(directory / "versions")
-    with state.engine.connect() as conn:
-        heads = []
-        if sa.inspect(conn).has_table("alembic_version"):
-            heads = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all()
-    if not all(head in lines for head in heads):  # let Alembic explain
-        return alembic_current(directory, verbose)
-    for head in heads:
-        print(lines[head])
-
-
-def alembic_current(directory, verbose):
+    index = None if verbose else revision_index(directory)
+    if index is not None:
+        # What Alembic's `current` prints, without loading Alembic or every revision file.
+        with state.engine.connect() as conn:
+            heads = database_heads(conn)
+        if all(head in index["lines"] for head in heads):
+            for head in heads:
+                print(index["lines"][head])
+            return
+    # verbose, version_locations, or a revision that Alembic must explain
     from alembic import command
 
     command.current(config(directory, command="current"), verbose=verbose)
-
-
-def revision_lines(versions: Path) -> dict:
-    """What `db current` prints for each revision ('edee0e2ae9aa (head)'). Finding heads
-    means loading every revision file, so the lines are cached in versions/__pycache__
-    until a file there changes (by name, size and mtime, as Python checks its bytecode)."""
-    signature = sorted([e.name, e.stat().st_size, e.stat().st_mtime_ns]
-                       for e in os.scandir(versions) if e.name.endswith(".py"))
-    cache = versions / "__pycache__" / "safe_migrate.current.json"
-    try:
-        cached = json.loads(cache.read_text())
-        if cached["signature"] == signature:
-            return cached["lines"]
-    except (OSError, ValueError, KeyError):
-        pass
-    from alembic.script import ScriptDirectory
-
-    script = ScriptDirectory(str(versions.parent))
-    lines = {rev.revision: rev.cmd_format(False) for rev in script.walk_revisions()}
-    try:
-        cache.parent.mkdir(exist_ok=True)
-        cache.write_text(json.dumps({"signature": signature, "lines": lines}))
-    except OSError:
-        pass  # a read-only checkout: no cache, same answer
-    return lines
 
 
 def stamp(directory=None, revision="head", sql=False, tag=None):

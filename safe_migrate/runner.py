@@ -131,6 +131,8 @@ class Run:
                     f"'head' is ambiguous: the history has several heads ({script_heads}); join "
                     "them with `db merge heads -m MESSAGE`, or name one revision") from None
             revisions = [step for step in planned if isinstance(step, RevisionStep)]
+            if revisions or self.command in ("upgrade", "downgrade"):
+                verify_checksums(self.context.script, self.connection)
             if revisions:
                 self.before_revisions(heads, revisions)
             return planned
@@ -138,11 +140,10 @@ class Run:
         return checked_steps
 
     def before_revisions(self, heads, steps) -> None:
-        """The checks, the question and the snapshot, before the first revision runs."""
+        """The last checks, the question and the snapshot, before the first revision runs."""
         upgrade = steps[0].is_upgrade
         if upgrade and not self.had_version_table:
             refuse_unversioned_database(self.connection)
-        verify_checksums(self.context.script, self.connection)
         destination = destination_label(steps)
         if not upgrade:
             confirm_downgrade(rows_to_be_dropped(self.connection, steps), destination, self.x_arg)

@@ -41,7 +41,9 @@ class Project:
         self.module = path / "migrate_example.py"
         self.database_url = database_url or f"sqlite:///{path / 'data.db'}"
         self.cli = cli
-        self.env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "FLASK_APP")}
+        # As users run it: with Python's bytecode cache (some sandboxes switch it off).
+        self.env = {k: v for k, v in os.environ.items()
+                    if k not in ("DATABASE_URL", "FLASK_APP", "PYTHONDONTWRITEBYTECODE")}
         if database_url:
             self.env["DATABASE_URL"] = database_url
 

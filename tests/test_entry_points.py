@@ -73,9 +73,10 @@ def test_a_malformed_url_never_prints_its_password(project):
 
 
 def test_migrate_traceback_shows_the_traceback(project):
-    code, output = project.db("current", env={"MIGRATE_TRACEBACK": "1"})
+    code, output = project.db("upgrade", "nosuchrev", env={"MIGRATE_TRACEBACK": "1"})
     assert code == 1
-    assert "Traceback (most recent call last)" in output and "no database at" in output
+    assert "Traceback (most recent call last)" in output
+    assert "CommandError: Can't locate revision identified by 'nosuchrev'" in output
 
 
 def test_ctrl_c_is_one_line_and_rolls_the_revision_back(project):
@@ -218,3 +219,31 @@ def test_migrate_and_check_through_either_cli(project):
     assert "phone" in project.columns("company")
     assert project.db("check") == (
         0, "The models, the migrations' head and the database agree.\n")
+
+
+def test_a_changed_added_or_removed_revision_file_is_noticed(project):
+    assert project.db("upgrade")[0] == 0
+    assert project.db("upgrade") == (0, "")  # nothing to do: the cached answer
+    versions = project.path / "migrations" / "versions"
+    head = project.revisions()[-1]
+
+    # Added: the next upgrade applies it, and current shows it.
+    added = project.add_revision(
+        "next0001", "def upgrade():\n    pass\n\n\ndef downgrade():\n    pass\n")
+    code, output = project.db("upgrade", "-x", "backup=off")
+    assert code == 0 and "-> next0001" in output, output
+    assert project.db("current") == (0, "next0001 (head)\n")
+
+    # Changed, same size: an applied revision's checksum still tells.
+    text = added.read_text()
+    added.write_text(text.replace("pass", "None"))
+    code, output = project.db("upgrade")
+    assert code == 1 and "next0001_test.py changed after revision next0001 was applied" in output
+
+    # Removed: back to the previous head, as Alembic says.
+    added.write_text(text)
+    assert project.db("downgrade", "-x", "backup=off")[0] == 0
+    added.unlink()
+    assert project.db("current") == (0, f"{head} (head)\n")
+    assert project.db("upgrade") == (0, "")
+    assert not list(versions.glob("next0001*"))
