@@ -117,6 +117,21 @@ def make_ours(workdir, extra_revisions):
     return project, env
 
 
+def make_tutorial(workdir, ours):
+    """The tutorial's module with Flask-Migrate's stock env.py, on a copy of our database
+    and revisions."""
+    import flask_migrate
+
+    project = workdir / "tutorial"
+    shutil.copytree(ours / "migrations", project / "migrations",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    stock = Path(flask_migrate.__file__).parent / "templates" / "flask" / "env.py"
+    shutil.copy(stock, project / "migrations" / "env.py")
+    shutil.copy(ours / "data.db", project)
+    shutil.copy(BENCH / "tutorial_app.py", project)
+    return project
+
+
 def make_fm4(workdir, extra_revisions, python):
     project = workdir / "fm4"
     project.mkdir()
@@ -144,28 +159,43 @@ def cli_latency(fm4, revisions, runs, report):
                                              fm4_env), 1)
         report.row("upgrade base → head", revisions, *upgrade_times)
         medians = {}
-        for command in ("current", "heads", "upgrade"):
+        # check at 3 revisions only: the generated revisions' tables are not in the models.
+        for command in ("current", "heads", "upgrade", "check")[:None if revisions == 3 else 3]:
             result = alternate(seconds_of(OURS + ["db", command], ours, ours_env),
                                seconds_of([fm4, "-m", "flask", "db", command], theirs, fm4_env),
                                runs)
             medians[command] = result[0]
             label = "upgrade (nothing to do)" if command == "upgrade" else command
             report.row(label, revisions, *result)
+        # The same app through Flask's CLI: `flask db upgrade` with nothing to do.
+        ours_flask = [sys.executable, "-m", "flask", "db", "upgrade"]
+        report.row("`flask db upgrade` (nothing to do)", revisions,
+                   *alternate(seconds_of(ours_flask, ours, {**ours_env,
+                                                            "FLASK_APP": "migrate_example.py"}),
+                              seconds_of([fm4, "-m", "flask", "db", "upgrade"], theirs, fm4_env),
+                              runs))
+        # The floor without Alembic: what `db current` cannot do without (imports and a read).
+        floor_stack = [sys.executable, "-c", (
+            "import flask, flask_script, flask_sqlalchemy, sqlite3; sqlite3.connect('data.db')"
+            ".execute('SELECT version_num FROM alembic_version').fetchall()")]
+        report.row("current vs imports without Alembic + read", revisions,
+                   *alternate(seconds_of(OURS + ["db", "current"], ours, ours_env),
+                              seconds_of(floor_stack, ours, ours_env), runs),
+                   anchor="imports + read")
         stack = [sys.executable, "-c",
                  "import flask_sqlalchemy, flask_migrate, flask_script, alembic.command"]
         report.row("current vs bare import of our stack", revisions,
                    *alternate(seconds_of(OURS + ["db", "current"], ours, ours_env),
                               seconds_of(stack, ours, ours_env), runs),
                    anchor="bare import")
-        shutil.copy(BENCH / "tutorial_app.py", ours)
+        tutorial = make_tutorial(workdir, ours)
+        tutorial_current = [sys.executable, "tutorial_app.py", "db", "current"]
         report.row("current vs the tutorial's own module", revisions,
                    *alternate(seconds_of(OURS + ["db", "current"], ours, ours_env),
-                              seconds_of([sys.executable, "tutorial_app.py", "db", "current"],
-                                         ours, ours_env), runs),
+                              seconds_of(tutorial_current, tutorial, BASE_ENV), runs),
                    anchor="tutorial module")
         report.row("the tutorial's own module's current vs bare import", revisions,
-                   *alternate(seconds_of([sys.executable, "tutorial_app.py", "db", "current"],
-                                         ours, ours_env),
+                   *alternate(seconds_of(tutorial_current, tutorial, BASE_ENV),
                               seconds_of(stack, ours, ours_env), runs),
                    anchor="bare import")
         floor = [sys.executable, "-c", ("import sqlite3; sqlite3.connect('data.db').execute("
