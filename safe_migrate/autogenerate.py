@@ -15,11 +15,15 @@ def ask(question: str) -> bool:
     return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
-def count_rows(connection, table: str) -> int:
-    """How many rows the table holds (0 if there is no such table)."""
+def count_rows(connection, table: str, null_in: str | None = None) -> int:
+    """How many rows the table holds, or of them hold NULL in column `null_in` (0 if there
+    is no such table)."""
     if not sa.inspect(connection).has_table(table):
         return 0
-    return connection.execute(sa.select(sa.func.count()).select_from(sa.table(table))).scalar()
+    query = sa.select(sa.func.count()).select_from(sa.table(table))
+    if null_in is not None:
+        query = query.where(sa.column(null_in).is_(None))
+    return connection.execute(query).scalar()
 
 
 def rename_answers(x_arg):
@@ -184,11 +188,21 @@ def data_loss_warnings(script, connection):
                             f"{op.existing_type} to {op.modify_type}: values may not fit")
     for stream, streams_ops in (("upgrade", script.upgrade_ops), ("downgrade", script.downgrade_ops)):
         for op in each_op(streams_ops):
-            if adds_not_null_without_default(op):
-                warnings.append(
-                    f"{stream} makes {op.table_name}.{op_column_name(op)} NOT NULL without a "
-                    f"default: it fails on a table with rows ({op.table_name} has "
-                    f"{rows(op.table_name)} now); fill the column in the {stream}")
+            if not adds_not_null_without_default(op):
+                continue
+            column = op_column_name(op)
+            if isinstance(op, ops.AlterColumnOp) and stream == "upgrade":
+                # The column exists: only its NULLs block the change.
+                blocking = count_rows(connection, op.table_name, null_in=column)
+                if blocking:
+                    warnings.append(
+                        f"upgrade makes {op.table_name}.{column} NOT NULL: it fails while "
+                        f"{blocking} row(s) hold NULL there; fill them in the upgrade")
+                continue
+            warnings.append(
+                f"{stream} makes {op.table_name}.{column} NOT NULL without a "
+                f"default: it fails on a table with rows ({op.table_name} has "
+                f"{rows(op.table_name)} now); fill the column in the {stream}")
     return warnings
 
 

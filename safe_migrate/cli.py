@@ -5,8 +5,6 @@ built for each CLI from that description, with its errors reported as one line.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import click
 import flask_script
 from flask.cli import AppGroup, with_appcontext
@@ -15,20 +13,19 @@ from . import commands
 from .errors import reported
 
 
-@dataclass
 class Opt:
-    """One option or argument of a command, for argparse (Flask-Script) and click."""
-    flags: tuple
-    help: str = ""
-    default: object = None
-    flag: bool = False       # --sql: true when given
-    multiple: bool = False   # -x a -x b
-    nargs: str | None = None  # arguments: "?" (optional), "+" (one or more)
-    dest: str = field(default="")
+    """One option or argument of a command, for argparse (Flask-Script) and click. (A plain
+    class: a dataclass costs more at start-up than every command's parser.)"""
 
-    def __post_init__(self):
-        if not self.dest:
-            self.dest = max(self.flags, key=len).lstrip("-").replace("-", "_")
+    def __init__(self, flags: tuple, help: str = "", default=None, flag: bool = False,
+                 multiple: bool = False, nargs: str | None = None) -> None:
+        self.flags = flags
+        self.help = help
+        self.default = default
+        self.flag = flag            # --sql: true when given
+        self.multiple = multiple    # -x a -x b
+        self.nargs = nargs          # arguments: "?" (optional), "+" (one or more)
+        self.dest = max(flags, key=len).lstrip("-").replace("-", "_")
 
     @property
     def positional(self) -> bool:

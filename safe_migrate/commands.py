@@ -8,7 +8,10 @@ for it at start-up.
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
+
+import sqlalchemy as sa
 
 from .checksums import (
     applied_dates,
@@ -20,7 +23,7 @@ from .checksums import (
 from .errors import MigrationError
 from .extension import current_state
 from .revisions import database_heads, revision_index
-from .snapshots import copy_database, take_snapshot
+from .snapshots import check_snapshot, restore_into, take_snapshot
 
 
 def config(directory=None, x_arg=None, opts=None, command=None):
@@ -212,7 +215,12 @@ def check(directory=None):
         if set(heads) != set(script_heads):
             problems.append(f"database at {revision_label(heads)}, migrations' head is "
                             f"{revision_label(script_heads)}: run `db upgrade`")
-        for difference in compare_metadata(context, state.metadata):
+        with warnings.catch_warnings():
+            # SQLAlchemy's reflection warnings (a foreign-key cycle, an expression index)
+            # are not differences; the lines below are what check reports.
+            warnings.simplefilter("ignore", sa.exc.SAWarning)
+            differences = compare_metadata(context, state.metadata)
+        for difference in differences:
             problems += describe_difference(difference)
     if problems:
         print("\n".join(problems))
@@ -234,17 +242,26 @@ def repair(directory=None):
 def restore(snapshot):
     """Put a snapshot from backups/ back in place of the SQLite database."""
     from .runner import revision_label
+    from .sqlite import is_read_only
 
     state = current_state()
     path, snapshot = state.path, Path(snapshot)
     if path is None:
         raise MigrationError("restore works on SQLite files only; use your server's backups")
+    if is_read_only(state.url):
+        raise MigrationError(f"the database URL opens {path} read-only; nothing changed")
     if not snapshot.is_file():
         raise MigrationError(f"no snapshot at {snapshot}")
     with state.engine.connect() as conn:  # a missing file fails here: it may be a typo
-        heads = current_heads(conn)
+        heads = database_heads(conn)
+    if snapshot.resolve() == path.resolve():
+        raise MigrationError(f"{snapshot} is the database itself; name a snapshot from backups/")
+    known = revision_index(Path(state.directory))
+    for revision in check_snapshot(snapshot):
+        if known is not None and revision not in known["lines"]:
+            raise MigrationError(f"{snapshot} is at revision {revision}, which migrations/ does "
+                                 "not know: not a snapshot of this project; nothing changed")
     with state.lock():
         take_snapshot(path, f"{revision_label(heads)}-restore", state.settings.snapshots_kept)
-        copy_database(snapshot, path)
+        restore_into(snapshot, path, state.settings.lock_timeout)
     print(f"Restored {path} from {snapshot}")
-

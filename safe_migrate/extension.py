@@ -20,12 +20,13 @@ from .locks import migration_lock
 from .settings import Settings
 
 # Every index and constraint gets a predictable name, so a migration can drop or
-# recreate it by name (Alembic cannot address anonymous constraints).
+# recreate it by name (Alembic cannot address anonymous constraints). The name covers every
+# column (column_0_N_...), so two constraints that share their first column never collide.
 NAMING_CONVENTION = {
-    "ix": "ix_%(column_0_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ix": "ix_%(column_0_N_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
     "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -168,7 +169,10 @@ class MigrateState:
 
     def lock(self):
         """The database's migration lock (see locks.py)."""
-        return migration_lock(self.engine, self.path, self.settings.lock_timeout)
+        # Keyed by the real file: a database reached through a symlink and through its real
+        # path is one database, with one lock.
+        path = self.path.resolve() if self.path is not None else None
+        return migration_lock(self.engine, path, self.settings.lock_timeout)
 
 
 def current_state() -> MigrateState:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import sys
 import time
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from .errors import MigrationError
+from .errors import MigrationError, describe
 
 # Any constant works; PostgreSQL advisory locks are named by a number.
 PG_LOCK_KEY = 0x6D696772
@@ -63,6 +64,12 @@ def file_lock(path: Path, timeout: float):
 def advisory_lock(engine: sa.engine.Engine, timeout: float):
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.exec_driver_sql(f"SET lock_timeout = '{int(timeout * 1000)}ms'")
+        # The lock lasts as long as this session: a server-side timeout must not end it
+        # while the revisions run on another connection.
+        conn.exec_driver_sql("SET statement_timeout = 0")
+        conn.exec_driver_sql("SET idle_in_transaction_session_timeout = 0")
+        if conn.dialect.server_version_info >= (14,):
+            conn.exec_driver_sql("SET idle_session_timeout = 0")
         try:
             conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": PG_LOCK_KEY})
         except sa.exc.OperationalError as exc:
@@ -74,7 +81,11 @@ def advisory_lock(engine: sa.engine.Engine, timeout: float):
         try:
             yield
         finally:
-            conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": PG_LOCK_KEY})
+            try:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": PG_LOCK_KEY})
+            except sa.exc.DBAPIError as exc:  # the session's end releases the lock anyway
+                print(f"WARNING: could not release the migration lock ({describe(exc)}); "
+                      "the server releases it when the session ends", file=sys.stderr)
 
 
 def lock_holder(conn: sa.engine.Connection) -> str:

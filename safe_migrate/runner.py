@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import ast
 import logging
+import sqlite3
 import sys
-from contextlib import nullcontext, suppress
+from contextlib import closing, nullcontext, suppress
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -21,6 +22,7 @@ from .checksums import CHECKSUM_TABLE, record_checksum, verify_checksums
 from .errors import MigrationError
 from .extension import MigrateState, current_state
 from .snapshots import take_snapshot
+from .sqlite_copies import Schema, read_schema, restore_lost_objects
 
 # What connecting does about a missing SQLite file, by command (see MigrateState.missing).
 MISSING_FILE = {"upgrade": "create", "stamp": "create", "revision": "compare with empty"}
@@ -73,8 +75,21 @@ def run_online(context, state: MigrateState) -> None:
         lock = state.lock() if command in LOCKED else nullcontext()
         with lock, state.engine.execution_options(migration=True).connect() as connection:
             Run(context, state, connection, existed, command).run()
+    except BaseException:
+        if state.path is not None and not existed:
+            remove_if_empty(state.path)
+        raise
     finally:
         state.missing = "refuse"
+
+
+def remove_if_empty(path: Path) -> None:
+    """A run that created the SQLite file and then failed leaves no file behind."""
+    with suppress(sqlite3.DatabaseError, OSError):
+        with closing(sqlite3.connect(path)) as conn:
+            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if not tables:
+            path.unlink()
 
 
 class Run:
@@ -89,6 +104,10 @@ class Run:
         self.file_existed = existed
         self.x_arg = context.get_x_argument()
         self.had_version_table = sa.inspect(connection).has_table("alembic_version")
+        # {table: rows} a downgrade must not drop unasked (see after_revision).
+        self.rows_held: dict[str, int] = {}
+        # SQLite: the schema before the revision that runs, for what its copies lose.
+        self.schema: Schema | None = None
 
     def run(self) -> None:
         autogenerate = getattr(self.context.config.cmd_opts, "autogenerate", False)
@@ -96,7 +115,7 @@ class Run:
             connection=self.connection,
             target_metadata=self.state.metadata,
             **{**self.state.configure_args,
-               "on_version_apply": record_checksum,
+               "on_version_apply": self.after_revision,
                "include_name": not_our_bookkeeping,
                "process_revision_directives": revision_directives_hook(self.x_arg, autogenerate)})
         self.context.configure(**options)
@@ -145,12 +164,52 @@ class Run:
         if upgrade and not self.had_version_table:
             refuse_unversioned_database(self.connection)
         destination = destination_label(steps)
-        if not upgrade:
-            confirm_downgrade(rows_to_be_dropped(self.connection, steps), destination, self.x_arg)
+        if not upgrade and not confirm_downgrade(rows_to_be_dropped(self.connection, steps),
+                                                 destination, self.x_arg):
+            # Nobody said yes to losing rows: whatever statement would drop a table that
+            # holds rows, after_revision notices it before the revision commits.
+            self.rows_held = tables_holding_rows(self.connection)
+        if self.connection.dialect.name == "sqlite":
+            self.schema = read_schema(self.connection)
         backup = dict(x.partition("=")[::2] for x in self.x_arg).get("backup")
         if self.file_existed and backup != "off":
             take_snapshot(self.state.path, f"{revision_label(heads)}-{destination}",
                           self.state.settings.snapshots_kept)
+
+    def after_revision(self, ctx, step, heads, run_args) -> None:
+        """Alembic's on_version_apply hook, in the revision's own transaction: record its
+        checksum, and roll back a downgrade that dropped tables holding rows unasked."""
+        record_checksum(ctx, step, heads, run_args)
+        if self.schema is not None:
+            self.keep_what_copies_lost(ctx.connection, step)
+        gone = {table: rows for table, rows in self.rows_held.items()
+                if not sa.inspect(ctx.connection).has_table(table)}
+        if not gone:
+            return
+        what = (f"the downgrade of {step.up_revision_id} dropped "
+                + ", ".join(f"{table} ({rows} rows)" for table, rows in gone.items()))
+        if not sys.stdin.isatty():
+            raise MigrationError(f"{what}; that revision was rolled back. To go ahead, add -x yes")
+        if not ask(f"{what}. Keep it?"):
+            raise MigrationError("downgrade cancelled; that revision was rolled back")
+        for table in gone:
+            del self.rows_held[table]
+
+    def keep_what_copies_lost(self, connection, step) -> None:
+        """Put back what this revision's SQLite table copies dropped; roll the revision back
+        if something cannot be kept and the user did not accept losing it."""
+        path = step.revision_map.get_revision(step.up_revision_id).path
+        losses = restore_lost_objects(connection, self.schema, Path(path).read_text())
+        accepted = {value for key, _, value in (x.partition("=") for x in self.x_arg)
+                    if key == "lose"}
+        losses = [(table, what) for table, what in losses if table not in accepted]
+        if losses:
+            tables = sorted({table for table, _ in losses})
+            raise MigrationError(
+                f"{path}: its table copies would lose " + ", ".join(w for _, w in losses)
+                + "; revision rolled back. To lose them, add "
+                + " ".join(f"-x lose={table}" for table in tables))
+        self.schema = read_schema(connection)
 
     def drop_empty_version_table(self) -> None:
         """Alembic creates alembic_version outside the first revision's transaction; if that
@@ -162,8 +221,9 @@ class Run:
 
 
 def not_our_bookkeeping(name, type_, parent_names) -> bool:
-    """Alembic's include_name hook: autogenerate leaves the checksum table alone."""
-    return not (type_ == "table" and name == CHECKSUM_TABLE)
+    """Alembic's include_name hook: autogenerate leaves the checksum table and SQLite's own
+    tables (sqlite_sequence, sqlite_stat1, ...) alone."""
+    return not (type_ == "table" and (name == CHECKSUM_TABLE or name.startswith("sqlite_")))
 
 
 def revision_label(revisions) -> str:
@@ -208,16 +268,26 @@ def rows_to_be_dropped(connection, steps) -> dict:
     return {table: rows for table, rows in counts.items() if rows}
 
 
-def confirm_downgrade(holding_rows: dict, destination: str, x_arg) -> None:
-    """A downgrade to base, or one that drops tables holding rows, needs a yes."""
+def confirm_downgrade(holding_rows: dict, destination: str, x_arg) -> bool:
+    """A downgrade to base, or one that drops tables holding rows, needs a yes. True if the
+    user said yes to losing rows (-x yes, or on the terminal)."""
+    if "yes" in x_arg:
+        return True
     if destination != "base" and not holding_rows:
-        return
+        return False
     what = "downgrade to base" if destination == "base" else "this downgrade"
     if holding_rows:
         what += " drops " + ", ".join(f"{t} ({n} rows)" for t, n in holding_rows.items())
-    if "yes" in x_arg:
-        return
     if not sys.stdin.isatty():
         raise MigrationError(f"{what}; nothing changed. To go ahead, add -x yes")
     if not ask(f"{what}. Continue?"):
         raise MigrationError("downgrade cancelled; nothing changed")
+    return True
+
+
+def tables_holding_rows(connection) -> dict:
+    """{table: rows} for every table of the database that holds rows."""
+    counts = {table: count_rows(connection, table)
+              for table in sa.inspect(connection).get_table_names()
+              if table not in ("alembic_version", CHECKSUM_TABLE)}
+    return {table: rows for table, rows in counts.items() if rows}

@@ -222,3 +222,74 @@ def test_check_database_behind_head(project):
     lines = output.strip().splitlines()
     assert lines[0] == f"database at {first}, migrations' head is {head}: run `db upgrade`"
     assert "column employee.age: in the models, not in the database" in lines
+
+
+def test_not_null_counts_the_nulls_that_block_it(populated):
+    project = populated
+    age = "    age = db.Column(db.Integer, unique=False, nullable=True)\n"
+    project.edit_module(age, age.replace("nullable=True", "nullable=False"))
+
+    before = versions(project)
+    code, output = project.db("migrate", "-m", "age required")
+    assert code == 0, output
+    assert "WARNING" not in output  # no employee has a NULL age
+
+    project.execute("UPDATE employee SET age = NULL WHERE id <= 7")
+    for path in versions(project) - before:
+        path.unlink()
+    code, output = project.db("migrate", "-m", "age required")
+    assert code == 0, output
+    assert ("WARNING: upgrade makes employee.age NOT NULL: it fails while 7 row(s) hold "
+            "NULL there; fill them in the upgrade") in output
+
+
+COMPOSITE = '''
+class Solve(db.Model):
+    id = db.Column(db.Integer, primary_key=True)
+    challenge_id = db.Column(db.Integer, nullable=False)
+    user_id = db.Column(db.Integer)
+    team_id = db.Column(db.Integer)
+    __table_args__ = (db.UniqueConstraint("challenge_id", "user_id"),
+                      db.UniqueConstraint("challenge_id", "team_id"))
+
+'''
+
+
+def test_two_composite_unique_constraints_sharing_a_column_get_two_names(project):
+    assert project.db("upgrade")[0] == 0
+    project.edit_module('\nif __name__ == "__main__":', COMPOSITE + '\nif __name__ == "__main__":')
+
+    code, output = project.db("migrate", "-m", "solves")
+    assert code == 0, output
+    code, output = project.db("upgrade")
+    assert code == 0, output
+
+    names = sorted(u["name"] for u in project.inspector().get_unique_constraints("solve"))
+    assert names == ["uq_solve_challenge_id_team_id", "uq_solve_challenge_id_user_id"]
+    assert project.db("check")[0] == 0
+
+
+AUTOINCREMENT = '''
+class Log(db.Model):
+    __table_args__ = {"sqlite_autoincrement": True}
+    id = db.Column(db.Integer, primary_key=True)
+    line = db.Column(db.String)
+
+'''
+
+
+def test_sqlite_internal_tables_are_not_drift(sqlite_project):
+    project = sqlite_project
+    assert project.db("upgrade")[0] == 0
+    project.edit_module('\nif __name__ == "__main__":', AUTOINCREMENT + '\nif __name__ == "__main__":')
+    assert project.db("migrate", "-m", "log")[0] == 0
+    assert project.db("upgrade")[0] == 0
+    project.execute("INSERT INTO log (line) VALUES ('first')")
+    assert "sqlite_sequence" in {r[0] for r in project.query("SELECT name FROM sqlite_master")}
+
+    assert project.db("check") == (
+        0, "The models, the migrations' head and the database agree.\n")
+    before = versions(project)
+    code, output = project.db("migrate", "-m", "nothing")
+    assert code == 0 and "No changes in schema detected" in output, output
+    assert versions(project) == before

@@ -259,6 +259,57 @@ def test_downgrade_to_base_asks_on_a_terminal(sqlite_project, answer):
         assert sqlite_project.tables() == {"alembic_version", "migration_checksums"}
 
 
+ARCHIVE = """
+    def upgrade():
+        op.create_table("archive", sa.Column("id", sa.Integer, primary_key=True))
+        op.execute("INSERT INTO archive (id) VALUES (1), (2), (3)")
+
+
+    def downgrade():
+        for table in ["archive"]:  # no op.drop_table('...') for the source to show
+            op.execute(f"DROP TABLE {table}")
+"""
+
+
+@pytest.fixture
+def with_archive(project):
+    assert project.db("upgrade")[0] == 0
+    project.add_revision("archive1", ARCHIVE)
+    assert project.db("upgrade", "-x", "backup=off")[0] == 0
+    return project
+
+
+def test_a_downgrade_that_drops_rows_by_any_statement_needs_yes(with_archive):
+    project = with_archive
+    before = project.state()
+
+    code, output = project.db("downgrade", "-x", "backup=off")
+
+    assert code == 1
+    assert output.splitlines()[-1] == (
+        "Error: the downgrade of archive1 dropped archive (3 rows); that revision was rolled "
+        "back. To go ahead, add -x yes")
+    assert project.state() == before
+    assert project.db("downgrade", "-x", "backup=off", "-x", "yes")[0] == 0
+    assert "archive" not in project.tables()
+
+
+@pytest.mark.parametrize("answer", ["n", "y"])
+def test_a_downgrade_that_drops_rows_by_any_statement_asks(with_archive, answer):
+    project = with_archive
+    before = project.state()
+
+    code, output = project.db_on_terminal(["downgrade", "-x", "backup=off"], answer)
+
+    assert "the downgrade of archive1 dropped archive (3 rows). Keep it? [y/N]" in output
+    if answer == "n":
+        assert code == 1 and "downgrade cancelled; that revision was rolled back" in output
+        assert project.state() == before
+    else:
+        assert code == 0, output
+        assert "archive" not in project.tables()
+
+
 # --- a server that does not answer ------------------------------------------------------
 
 

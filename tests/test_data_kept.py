@@ -1,0 +1,295 @@
+"""Nothing silently lost around the database: snapshots you can trust, restores that check
+what they put back, one lock per real file, no file left by a failed first run."""
+import os
+import sqlite3
+import subprocess
+import textwrap
+
+import pytest
+from conftest import CLIS, file_hash
+
+
+@pytest.fixture(params=CLIS)
+def cli(request):
+    return request.param
+
+
+def snapshots(project):
+    return sorted((project.path / "backups").glob("data.*-*.*Z.db"))
+
+
+def test_snapshots_are_no_wider_than_the_database(sqlite_project):
+    assert sqlite_project.db("upgrade")[0] == 0
+    database = sqlite_project.path / "data.db"
+    database.chmod(0o600)
+
+    assert sqlite_project.db("downgrade")[0] == 0
+
+    [snapshot] = snapshots(sqlite_project)
+    assert snapshot.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_full_disk_refuses_the_snapshot_and_changes_nothing(sqlite_project):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    assert sqlite_project.db("upgrade")[0] == 0
+    sqlite_project.populate()
+    database = sqlite_project.path / "data.db"
+    before = file_hash(database)
+    backups = sqlite_project.path / "backups"
+    backups.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", backups], check=True)
+    try:
+        code, output = sqlite_project.db("downgrade")
+        assert code == 1
+        size = database.stat().st_size
+        assert output.startswith(f"Error: no room for a snapshot of data.db ({size} bytes) in "), output
+        assert len(output.splitlines()) == 1, output
+        assert list(backups.iterdir()) == []
+    finally:
+        subprocess.run(["umount", backups], check=True)
+    assert file_hash(database) == before
+
+
+@pytest.fixture
+def at_head_with_a_snapshot(sqlite_project):
+    """The project at head, populated, with one real snapshot in backups/."""
+    assert sqlite_project.db("upgrade", sqlite_project.revisions()[1])[0] == 0
+    sqlite_project.populate()
+    assert sqlite_project.db("upgrade")[0] == 0
+    return sqlite_project
+
+
+def foreign_database(path):
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        conn.execute("INSERT INTO alembic_version VALUES ('0123456789ab')")
+    return "is at revision 0123456789ab, which migrations/ does not know"
+
+
+def empty_file(path):
+    path.write_bytes(b"")
+    return "is empty, not a snapshot"
+
+
+def corrupt_file(path, project):
+    data = bytearray((project.path / "data.db").read_bytes())
+    data[100:4096] = os.urandom(3996)  # the schema page, overwritten
+    path.write_bytes(bytes(data))
+    return "is not a whole SQLite database"
+
+
+BAD_SNAPSHOTS = {
+    "empty": lambda path, project: empty_file(path),
+    "corrupt": corrupt_file,
+    "foreign": lambda path, project: foreign_database(path),
+    "the live file": None,
+}
+
+
+@pytest.mark.parametrize("case", BAD_SNAPSHOTS)
+def test_restore_refuses_what_is_not_a_snapshot_of_this_database(at_head_with_a_snapshot, case):
+    project = at_head_with_a_snapshot
+    database = project.path / "data.db"
+    if case == "the live file":
+        candidate, expected = database, "is the database itself"
+    else:
+        candidate = project.path / "backups" / "data.candidate.db"
+        expected = BAD_SNAPSHOTS[case](candidate, project)
+    before, kept = file_hash(database), snapshots(project)
+
+    code, output = project.db("restore", candidate)
+
+    assert code == 1
+    assert len(output.splitlines()) == 1 and output.startswith("Error: "), output
+    assert expected in output, output
+    assert file_hash(database) == before
+    assert snapshots(project) == kept
+
+
+def test_restore_refuses_a_read_only_url(at_head_with_a_snapshot):
+    project = at_head_with_a_snapshot
+    [snapshot] = snapshots(project)
+    before = file_hash(project.path / "data.db")
+
+    code, output = project.db("restore", snapshot,
+                              env={"DATABASE_URL": "sqlite:///file:data.db?mode=ro&uri=true"})
+
+    assert code == 1
+    assert output == (f"Error: the database URL opens {project.path / 'data.db'} read-only; "
+                      "nothing changed\n")
+    assert file_hash(project.path / "data.db") == before
+
+
+def test_users_own_files_in_backups_survive_rotation(sqlite_project):
+    backups = sqlite_project.path / "backups"
+    backups.mkdir()
+    theirs = {name: f"{name} content" for name in
+              ("data.2024-01-01.db", "data.test.db", "data.x-y.db", "other.db")}
+    for name, content in theirs.items():
+        (backups / name).write_text(content)
+    assert sqlite_project.db("upgrade")[0] == 0
+
+    for _ in range(6):
+        assert sqlite_project.db("downgrade")[0] == 0
+        assert sqlite_project.db("upgrade")[0] == 0
+
+    assert len(snapshots(sqlite_project)) == 10
+    assert {name: (backups / name).read_text() for name in theirs} == theirs
+
+
+SLOW_REVISION = """
+    def upgrade():
+        op.create_table("slow_runs", sa.Column("id", sa.Integer, primary_key=True))
+        op.execute("INSERT INTO slow_runs (id) VALUES (1)")
+        time.sleep(2)
+
+
+    def downgrade():
+        op.drop_table("slow_runs")
+"""
+
+
+def start_upgrade(project, env):
+    return subprocess.Popen(
+        [str(a) for a in project.db_argv("upgrade", "-x", "backup=off")], cwd=project.path,
+        env={**project.env, "FLASK_APP": "migrate_example.py", **env},
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_a_symlink_and_the_real_path_share_one_lock(sqlite_project):
+    assert sqlite_project.db("upgrade")[0] == 0
+    link = sqlite_project.path / "link.db"
+    link.symlink_to(sqlite_project.path / "data.db")
+    sqlite_project.add_revision("slow0001", SLOW_REVISION)
+
+    runs = [start_upgrade(sqlite_project, {"DATABASE_URL": f"sqlite:///{path}"})
+            for path in (link, sqlite_project.path / "data.db")]
+    outputs = [run.communicate(timeout=120)[0] for run in runs]
+
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    assert sum(o.count("-> slow0001") for o in outputs) == 1, outputs
+    assert sqlite_project.query("SELECT count(*) FROM slow_runs") == [(1,)]
+
+
+@pytest.mark.postgresql
+def test_a_server_that_ends_idle_sessions_does_not_end_the_lock(make_project, new_pg_database,
+                                                                 pg_server):
+    url = new_pg_database()
+    name = url.rsplit("/", 1)[1]
+    pg_server.admin(f"ALTER DATABASE {name} SET idle_session_timeout = '2s'")
+    project = make_project(database_url=url)
+    assert project.db("upgrade")[0] == 0
+    project.add_revision("slow0001", SLOW_REVISION.replace("time.sleep(2)",
+                                                           'op.execute("SELECT pg_sleep(4)")'))
+
+    runs = [start_upgrade(project, {}) for _ in range(2)]
+    outputs = [run.communicate(timeout=120)[0] for run in runs]
+
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    assert sum(o.count("-> slow0001") for o in outputs) == 1, outputs
+    assert not any("WARNING" in o for o in outputs), outputs
+    assert project.query("SELECT count(*) FROM slow_runs") == [(1,)]
+
+
+def test_a_failed_first_run_leaves_no_database_file(sqlite_project):
+    first = next((sqlite_project.path / "migrations" / "versions").glob(
+        f"{sqlite_project.revisions()[0]}_*.py"))
+    first.write_text(first.read_text() + textwrap.dedent("""
+
+        _upgrade = upgrade
+
+
+        def upgrade():
+            _upgrade()
+            raise RuntimeError("injected failure")
+    """))
+
+    code, output = sqlite_project.db("upgrade")
+
+    assert code == 1 and "injected failure" in output, output
+    assert not (sqlite_project.path / "data.db").exists()
+    code, output = sqlite_project.db("current")
+    assert code == 1 and "no database at" in output
+
+
+FIRM = '''
+    def upgrade():
+        op.execute("""
+            CREATE TABLE firm (
+                id INTEGER PRIMARY KEY{autoincrement},
+                name VARCHAR NOT NULL{collate},
+                size INTEGER{check},
+                parent_id INTEGER REFERENCES company (cid){on_delete}
+            )""")
+        op.execute("CREATE INDEX ix_firm_lower_name ON firm (lower(name))")
+        op.execute("CREATE INDEX ix_firm_big ON firm (size) WHERE size > 100")
+        op.execute("CREATE TABLE firm_log (firm_id INTEGER)")
+        op.execute("CREATE TRIGGER firm_logged AFTER INSERT ON firm "
+                   "BEGIN INSERT INTO firm_log VALUES (NEW.id); END")
+        op.execute("INSERT INTO firm (id, name, size) VALUES (1, 'a', 5), (2, 'b', 500), (3, 'c', 7)")
+        op.execute("DELETE FROM firm WHERE id = 3")
+
+
+    def downgrade():
+        op.execute("DROP TABLE firm_log")
+        op.execute("DROP TABLE firm")
+'''
+
+COPY_FIRM = '''
+    def upgrade():
+        with op.batch_alter_table("firm", recreate="always") as batch_op:
+            batch_op.add_column(sa.Column("note", sa.String))
+
+
+    def downgrade():
+        with op.batch_alter_table("firm", recreate="always") as batch_op:
+            batch_op.drop_column("note")
+'''
+
+PROPERTIES = {"autoincrement": " AUTOINCREMENT", "collate": " COLLATE NOCASE",
+              "check": " CHECK (size >= 0)", "on_delete": " ON DELETE CASCADE"}
+
+
+def firm_schema(project):
+    return sorted(project.query("SELECT type, name FROM sqlite_master WHERE tbl_name LIKE 'firm%'"))
+
+
+def test_a_table_copy_keeps_triggers_and_expression_indexes(sqlite_project):
+    project = sqlite_project
+    assert project.db("upgrade")[0] == 0
+    project.add_revision("firm0001", FIRM.format(**dict.fromkeys(PROPERTIES, "")))
+    project.add_revision("copy0001", COPY_FIRM)
+    assert project.db("upgrade", "firm0001")[0] == 0
+    objects = firm_schema(project)
+    assert ("trigger", "firm_logged") in objects and ("index", "ix_firm_lower_name") in objects
+
+    for step in (["upgrade", "copy0001"], ["downgrade", "firm0001"]):
+        code, output = project.db(*step, "-x", "backup=off")
+        assert code == 0, output
+        assert firm_schema(project) == objects
+    project.execute("INSERT INTO firm (name, size) VALUES ('d', 1)")  # the trigger still fires
+    assert project.query("SELECT count(*) FROM firm_log") == [(4,)]
+
+
+def test_a_table_copy_that_would_lose_properties_is_refused(sqlite_project):
+    project = sqlite_project
+    assert project.db("upgrade")[0] == 0
+    project.add_revision("firm0001", FIRM.format(**PROPERTIES))
+    copy = project.add_revision("copy0001", COPY_FIRM)
+    assert project.db("upgrade", "firm0001")[0] == 0
+    database = project.path / "data.db"
+    before = file_hash(database)
+
+    code, output = project.db("upgrade", "-x", "backup=off")
+
+    assert code == 1
+    assert output.splitlines()[-1] == (
+        f"Error: {copy}: its table copies would lose AUTOINCREMENT of firm, COLLATE NOCASE of "
+        "firm.name, ON UPDATE NO ACTION ON DELETE CASCADE of firm.parent_id, CHECK (SIZE >= 0) "
+        "of firm; revision rolled back. To lose them, add -x lose=firm"), output
+    assert file_hash(database) == before
+
+    code, output = project.db("upgrade", "-x", "backup=off", "-x", "lose=firm")
+    assert code == 0, output
+    assert ("trigger", "firm_logged") in firm_schema(project)
