@@ -182,8 +182,17 @@ class Run:
         record_checksum(ctx, step, heads, run_args)
         if self.schema is not None:
             self.keep_what_copies_lost(ctx.connection, step)
-        gone = {table: rows for table, rows in self.rows_held.items()
-                if not sa.inspect(ctx.connection).has_table(table)}
+        if not self.rows_held:
+            return
+        now = tables_holding_rows(ctx.connection)
+        gone = {table: rows for table, rows in self.rows_held.items() if table not in now}
+        for table, rows in list(gone.items()):
+            # A renamed table is not a dropped one: a new table with as many rows.
+            renamed = [t for t, n in now.items() if t not in self.rows_held and n == rows]
+            if renamed:
+                del gone[table]
+                del self.rows_held[table]
+                self.rows_held[renamed[0]] = rows
         if not gone:
             return
         what = (f"the downgrade of {step.up_revision_id} dropped "
