@@ -22,7 +22,7 @@ from .checksums import CHECKSUM_TABLE, record_checksum, verify_checksums
 from .errors import MigrationError
 from .extension import MigrateState, current_state
 from .snapshots import take_snapshot
-from .sqlite_copies import Schema, read_schema, restore_lost_objects
+from .sqlite_copies import originals, restore_lost_objects
 
 # What connecting does about a missing SQLite file, by command (see MigrateState.missing).
 MISSING_FILE = {"upgrade": "create", "stamp": "create", "revision": "compare with empty"}
@@ -106,8 +106,9 @@ class Run:
         self.had_version_table = sa.inspect(connection).has_table("alembic_version")
         # {table: rows} a downgrade must not drop unasked (see after_revision).
         self.rows_held: dict[str, int] = {}
-        # SQLite: the schema before the revision that runs, for what its copies lose.
-        self.schema: Schema | None = None
+        # SQLite: each table as it was before a table copy of the running revision.
+        self.originals = originals(connection)
+        self.originals.clear()
 
     def run(self) -> None:
         autogenerate = getattr(self.context.config.cmd_opts, "autogenerate", False)
@@ -169,8 +170,6 @@ class Run:
             # Nobody said yes to losing rows: whatever statement would drop a table that
             # holds rows, after_revision notices it before the revision commits.
             self.rows_held = tables_holding_rows(self.connection)
-        if self.connection.dialect.name == "sqlite":
-            self.schema = read_schema(self.connection)
         backup = dict(x.partition("=")[::2] for x in self.x_arg).get("backup")
         if self.file_existed and backup != "off":
             take_snapshot(self.state.path, f"{revision_label(heads)}-{destination}",
@@ -180,7 +179,7 @@ class Run:
         """Alembic's on_version_apply hook, in the revision's own transaction: record its
         checksum, and roll back a downgrade that dropped tables holding rows unasked."""
         record_checksum(ctx, step, heads, run_args)
-        if self.schema is not None:
+        if self.originals:
             self.keep_what_copies_lost(ctx.connection, step)
         if not self.rows_held:
             return
@@ -208,7 +207,8 @@ class Run:
         """Put back what this revision's SQLite table copies dropped; roll the revision back
         if something cannot be kept and the user did not accept losing it."""
         path = step.revision_map.get_revision(step.up_revision_id).path
-        losses = restore_lost_objects(connection, self.schema, Path(path).read_text())
+        losses = restore_lost_objects(connection, self.originals, Path(path).read_text())
+        self.originals.clear()
         accepted = {value for key, _, value in (x.partition("=") for x in self.x_arg)
                     if key == "lose"}
         losses = [(table, what) for table, what in losses if table not in accepted]
@@ -218,7 +218,6 @@ class Run:
                 f"{path}: its table copies would lose " + ", ".join(w for _, w in losses)
                 + "; revision rolled back. To lose them, add "
                 + " ".join(f"-x lose={table}" for table in tables))
-        self.schema = read_schema(connection)
 
     def drop_empty_version_table(self) -> None:
         """Alembic creates alembic_version outside the first revision's transaction; if that

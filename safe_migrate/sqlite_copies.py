@@ -4,17 +4,17 @@ On SQLite, Alembic's batch mode rebuilds a table (create a new one, copy the row
 old one, rename it), as SQLite's ALTER TABLE documentation describes. What it rebuilds it
 learns by reflection, which misses triggers, expression and partial indexes, AUTOINCREMENT,
 WITHOUT ROWID, collations, CHECK constraints and the ON DELETE / ON UPDATE actions of a
-foreign key. The runner records the schema before each revision; after it, inside the
-revision's transaction, `restore_lost_objects` puts back what a copy lost and can be put
-back (triggers, indexes, the sqlite_sequence value), and returns the rest, so the revision
-is rolled back with one line naming each loss unless the user accepts it.
+foreign key. `record_original` records each table as a copy starts; after the revision, inside
+its transaction, `restore_lost_objects` puts back what a copy lost and can be put back
+(triggers, indexes, the sqlite_sequence value), and returns the rest, so the revision is
+rolled back with one line naming each loss unless the user accepts it.
 """
 from __future__ import annotations
 
 import re
 import sqlite3
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 
@@ -22,27 +22,46 @@ COLLATE = re.compile(r"\bCOLLATE\s+(\w+)", re.IGNORECASE)
 CHECK = re.compile(r"\bCHECK\s*\(", re.IGNORECASE)
 
 
+# How Alembic's batch mode starts a copy: the new table under a temporary name.
+COPY_STARTS = re.compile(r'\s*CREATE TABLE "?_alembic_tmp_(\w+)', re.IGNORECASE)
+
+
 @dataclass
-class Schema:
-    """sqlite_master and sqlite_sequence, as they stand: cheap to read before every revision."""
-    tables: dict[str, tuple[str, int]] = field(default_factory=dict)     # name -> (sql, rootpage)
-    objects: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # -> (type, table, sql)
-    sequences: dict[str, int] = field(default_factory=dict)
+class Original:
+    """A table as it was just before a copy replaced it."""
+    sql: str
+    objects: dict[str, tuple[str, str]]  # its indexes and triggers: name -> (type, sql)
+    sequence: int | None                 # its sqlite_sequence value
 
 
-def read_schema(connection) -> Schema:
-    """Every table of the database, and its explicitly created indexes and triggers."""
-    schema = Schema()
-    for kind, name, table, sql, rootpage in connection.exec_driver_sql(
-            "SELECT type, name, tbl_name, sql, rootpage FROM sqlite_master"):
-        if kind == "table" and not name.startswith("sqlite_"):
-            schema.tables[name] = (sql, rootpage)
-        elif kind in ("index", "trigger") and sql:
-            schema.objects[name] = (kind, table, sql)
-        elif name == "sqlite_sequence":
-            schema.sequences = dict(connection.exec_driver_sql(
-                "SELECT name, seq FROM sqlite_sequence").all())
-    return schema
+def record_original(conn, cursor, statement, parameters, context, executemany) -> None:
+    """Engine listener (before_cursor_execute): as a migration's batch copy starts, record
+    the table it replaces, in the connection's info, for restore_lost_objects. (Reading
+    every table before every revision instead would cost a 1,000-revision history seconds.)"""
+    started = COPY_STARTS.match(statement)
+    if started and conn.get_execution_options().get("migration"):
+        found = originals(conn)
+        if started.group(1) not in found:
+            found[started.group(1)] = read_table(cursor.connection, started.group(1))
+
+
+def originals(connection) -> dict[str, Original]:
+    """{table: Original} for the copies made on this connection since the last clear()."""
+    return connection.info.setdefault("safe_migrate.originals", {})
+
+
+def read_table(dbapi_connection, name: str) -> Original:
+    rows = dbapi_connection.execute(
+        "SELECT type, name, sql FROM sqlite_master WHERE tbl_name = ?", (name,)).fetchall()
+    sequence = None
+    if dbapi_connection.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone():
+        found = dbapi_connection.execute(
+            "SELECT seq FROM sqlite_sequence WHERE name = ?", (name,)).fetchone()
+        sequence = found[0] if found else None
+    table_sql = next(sql for kind, _, sql in rows if kind == "table")
+    objects = {n: (kind, sql) for kind, n, sql in rows if kind in ("index", "trigger") and sql}
+    return Original(table_sql, objects, sequence)
 
 
 def foreign_key_actions(sql: str) -> dict[str, tuple[str, str]]:
@@ -97,29 +116,31 @@ def normalized(sql: str) -> str:
     return " ".join(sql.replace('"', "").split()).upper()
 
 
-def restore_lost_objects(connection, before: Schema,
+def restore_lost_objects(connection, originals: dict[str, Original],
                          revision_text: str) -> list[tuple[str, str]]:
     """After a revision: put back the indexes and triggers its table copies dropped (those
     it does not name), fix sqlite_sequence, and return (table, what) it could not keep."""
-    after = read_schema(connection)
     losses = []
-    for name, (old_sql, old_rootpage) in before.tables.items():
-        new_sql, new_rootpage = after.tables.get(name, (None, old_rootpage))
-        if new_rootpage == old_rootpage:
-            continue  # dropped on purpose, or not copied
-        for object_name, (kind, table, sql) in before.objects.items():
-            if table != name or object_name in after.objects or object_name in revision_text:
+    for name, old in originals.items():
+        now = connection.exec_driver_sql(
+            "SELECT type, name, sql FROM sqlite_master WHERE tbl_name = ?", (name,)).all()
+        new_sql = next((sql for kind, _, sql in now if kind == "table"), None)
+        if new_sql is None:
+            continue  # dropped on purpose
+        present = {n for _, n, _ in now}
+        for object_name, (kind, sql) in old.objects.items():
+            if object_name in present or object_name in revision_text:
                 continue
             try:
                 with connection.begin_nested():
                     connection.exec_driver_sql(sql)
             except sa.exc.DBAPIError:
                 losses.append((name, f"{kind} {object_name}"))
-        losses += [(name, what) for what in lost_properties(name, old_sql, new_sql)]
-        if name in before.sequences and "AUTOINCREMENT" in new_sql.upper():
+        losses += [(name, what) for what in lost_properties(name, old.sql, new_sql)]
+        if old.sequence is not None and "AUTOINCREMENT" in new_sql.upper():
             connection.exec_driver_sql(
                 "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?",
-                (before.sequences[name], name))
+                (old.sequence, name))
     return losses
 
 
