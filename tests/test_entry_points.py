@@ -247,3 +247,26 @@ def test_a_changed_added_or_removed_revision_file_is_noticed(project):
     assert project.db("current") == (0, f"{head} (head)\n")
     assert project.db("upgrade") == (0, "")
     assert not list(versions.glob("next0001*"))
+
+
+def test_the_other_alembic_commands_pass_through(project):
+    head = project.revisions()[-1]
+    assert project.db("upgrade")[0] == 0
+
+    code, output = project.db("show", "head")
+    assert code == 0 and f"Rev: {head} (head)" in output, output
+    assert project.db("branches") == (0, "")
+    code, output = project.db("current", "--verbose")
+    assert code == 0 and f"Rev: {head} (head)" in output, output
+    code, output = project.db("edit", head, env={"EDITOR": "true"})
+    assert code == 0, output
+
+    for rev_id in ("branch01", "branch02"):
+        project.add_revision(rev_id, "def upgrade():\n    pass\n", down_revision=head)
+    code, output = project.db("merge", "heads", "-m", "join", "--rev-id", "join0001")
+    assert code == 0, output
+    assert project.db("heads") == (0, "join0001 (head)\n")
+    code, output = project.db("init", "--multidb")
+    assert code == 1
+    assert output == ("Error: --multidb is not supported: its env.py would bypass the "
+                      "guarantees of safe_migrate\n")
