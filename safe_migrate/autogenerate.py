@@ -10,6 +10,11 @@ from alembic.autogenerate import renderers
 from alembic.operations import ops
 
 
+def x_values(x_arg, key: str) -> list[str]:
+    """The values of `-x KEY=VALUE` options for one key, in order."""
+    return [value for name, _, value in (x.partition("=") for x in x_arg or []) if name == key]
+
+
 def ask(question: str) -> bool:
     """Ask on the terminal; anything but yes is no."""
     return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
@@ -30,11 +35,10 @@ def rename_answers(x_arg):
     """`-x rename=company.clocation:location` and `-x rename=company:firm`, as
     {"company.clocation": "company.location", "company": "firm"}."""
     answers = {}
-    for key, _, value in (x.partition("=") for x in x_arg or []):
-        if key == "rename":
-            old, _, new = value.partition(":")
-            table = old.rpartition(".")[0]
-            answers[old] = f"{table}.{new}" if table else new
+    for value in x_values(x_arg, "rename"):
+        old, _, new = value.partition(":")
+        table = old.rpartition(".")[0]
+        answers[old] = f"{table}.{new}" if table else new
     return answers
 
 

@@ -36,12 +36,6 @@ def script_directory(directory=None):
     return ScriptDirectory.from_config(config(directory))
 
 
-def current_heads(connection) -> tuple:
-    from alembic.runtime.migration import MigrationContext
-
-    return MigrationContext.configure(connection).get_current_heads()
-
-
 def init(directory=None, multidb=False):
     """Creates a new migration repository"""
     from alembic import command
@@ -233,7 +227,7 @@ def repair(directory=None):
     state = current_state()
     script = script_directory(directory)
     with state.lock(), state.engine.begin() as conn:
-        applied = list(script.iterate_revisions(current_heads(conn), "base"))
+        applied = list(script.iterate_revisions(database_heads(conn), "base"))
         forget_checksums(conn)
         remember_checksums(conn, applied)
     print(f"Recorded the checksums of {len(applied)} applied revision(s)")

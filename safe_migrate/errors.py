@@ -51,12 +51,12 @@ def describe(exc: BaseException) -> str:
     else:
         message = f"{type(exc).__name__}: {exc}"
     message = " ".join(message.split()) or type(exc).__name__
+    if "database or disk is full" in message:  # SQLite's words for a full disk
+        message = f"disk full: {message}"
     frames = traceback.extract_tb(exc.__traceback__)
     in_revision = [f for f in frames if is_revision_file(Path(f.filename))]
     if in_revision:
         message = f"{in_revision[-1].filename}, line {in_revision[-1].lineno}: {message}"
-    if "disk" not in message and "database or disk is full" in message:
-        message = f"disk full: {message}"
     return mask_passwords(message)
 
 

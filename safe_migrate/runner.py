@@ -17,7 +17,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from .autogenerate import ask, count_rows, revision_directives_hook
+from .autogenerate import ask, count_rows, revision_directives_hook, x_values
 from .checksums import CHECKSUM_TABLE, record_checksum, verify_checksums
 from .errors import MigrationError
 from .extension import MigrateState, current_state
@@ -170,8 +170,7 @@ class Run:
             # Nobody said yes to losing rows: whatever statement would drop a table that
             # holds rows, after_revision notices it before the revision commits.
             self.rows_held = tables_holding_rows(self.connection)
-        backup = dict(x.partition("=")[::2] for x in self.x_arg).get("backup")
-        if self.file_existed and backup != "off":
+        if self.file_existed and "off" not in x_values(self.x_arg, "backup"):
             take_snapshot(self.state.path, f"{revision_label(heads)}-{destination}",
                           self.state.settings.snapshots_kept)
 
@@ -183,8 +182,11 @@ class Run:
             self.keep_what_copies_lost(ctx.connection, step)
         if not self.rows_held:
             return
-        now = tables_holding_rows(ctx.connection)
-        gone = {table: rows for table, rows in self.rows_held.items() if table not in now}
+        names = set(sa.inspect(ctx.connection).get_table_names())
+        gone = {table: rows for table, rows in self.rows_held.items() if table not in names}
+        if not gone:
+            return
+        now = holding_rows(ctx.connection, names - set(self.rows_held))
         for table, rows in list(gone.items()):
             # A renamed table is not a dropped one: a new table with as many rows.
             renamed = [t for t, n in now.items() if t not in self.rows_held and n == rows]
@@ -209,8 +211,7 @@ class Run:
         path = step.revision_map.get_revision(step.up_revision_id).path
         losses = restore_lost_objects(connection, self.originals, Path(path).read_text())
         self.originals.clear()
-        accepted = {value for key, _, value in (x.partition("=") for x in self.x_arg)
-                    if key == "lose"}
+        accepted = x_values(self.x_arg, "lose")
         losses = [(table, what) for table, what in losses if table not in accepted]
         if losses:
             tables = sorted({table for table, _ in losses})
@@ -272,8 +273,7 @@ def tables_dropped_by(steps):
 
 def rows_to_be_dropped(connection, steps) -> dict:
     """{table: rows} for the tables holding rows that these downgrades drop."""
-    counts = {table: count_rows(connection, table) for table in tables_dropped_by(steps)}
-    return {table: rows for table, rows in counts.items() if rows}
+    return holding_rows(connection, tables_dropped_by(steps))
 
 
 def confirm_downgrade(holding_rows: dict, destination: str, x_arg) -> bool:
@@ -295,7 +295,11 @@ def confirm_downgrade(holding_rows: dict, destination: str, x_arg) -> bool:
 
 def tables_holding_rows(connection) -> dict:
     """{table: rows} for every table of the database that holds rows."""
-    counts = {table: count_rows(connection, table)
-              for table in sa.inspect(connection).get_table_names()
+    return holding_rows(connection, sa.inspect(connection).get_table_names())
+
+
+def holding_rows(connection, tables) -> dict:
+    """{table: rows} for those of these tables that hold rows (our bookkeeping aside)."""
+    counts = {table: count_rows(connection, table) for table in tables
               if table not in ("alembic_version", CHECKSUM_TABLE)}
     return {table: rows for table, rows in counts.items() if rows}

@@ -1,5 +1,6 @@
 """Fast in-process tests of the package's pure parts: no CLI, no database file."""
 import importlib.util
+import sqlite3
 import sys
 
 import pytest
@@ -164,3 +165,8 @@ def test_both_clis_take_the_same_options(name):
     click_names = {click_param(o).name for o in options}
     assert argparse_dests == click_names
     assert set(argparse_dests) <= set(func.__code__.co_varnames[:func.__code__.co_argcount])
+
+
+def test_sqlites_full_disk_error_says_disk_full():
+    assert describe(sqlite3.OperationalError("database or disk is full")) == (
+        "disk full: OperationalError: database or disk is full")
