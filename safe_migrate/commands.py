@@ -226,7 +226,7 @@ def repair(directory=None):
     """Record the checksums of the applied revisions' files anew, after a deliberate edit."""
     state = current_state()
     script = script_directory(directory)
-    with state.lock(), state.engine.begin() as conn:
+    with state.lock(state.wait_budget()), state.engine.begin() as conn:
         applied = list(script.iterate_revisions(database_heads(conn), "base"))
         forget_checksums(conn)
         remember_checksums(conn, applied)
@@ -255,7 +255,8 @@ def restore(snapshot):
         if known is not None and revision not in known["lines"]:
             raise MigrationError(f"{snapshot} is at revision {revision}, which migrations/ does "
                                  "not know: not a snapshot of this project; nothing changed")
-    with state.lock():
+    budget = state.wait_budget()
+    with state.lock(budget):
         take_snapshot(path, f"{revision_label(heads)}-restore", state.settings.snapshots_kept)
-        restore_into(snapshot, path, state.settings.lock_timeout)
+        restore_into(snapshot, path, budget.left)
     print(f"Restored {path} from {snapshot}")

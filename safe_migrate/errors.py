@@ -53,6 +53,9 @@ def describe(exc: BaseException) -> str:
     message = " ".join(message.split()) or type(exc).__name__
     if "database or disk is full" in message:  # SQLite's words for a full disk
         message = f"disk full: {message}"
+    if message.endswith("database is locked"):  # SQLite's busy timeout ran out
+        message = ("another connection holds the database (an open transaction?); gave up "
+                   "waiting after MIGRATE_LOCK_TIMEOUT, nothing of the revision in progress kept")
     frames = traceback.extract_tb(exc.__traceback__)
     in_revision = [f for f in frames if is_revision_file(Path(f.filename))]
     if in_revision:

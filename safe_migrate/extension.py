@@ -16,7 +16,7 @@ from flask import current_app
 
 from . import sqlite
 from .errors import MigrationError, describe
-from .locks import migration_lock
+from .locks import WaitBudget, migration_lock
 from .settings import Settings
 
 # Every index and constraint gets a predictable name, so a migration can drop or
@@ -167,12 +167,16 @@ class MigrateState:
         raise MigrationError(
             f"no database at {self.path} (check DATABASE_URL); only `db upgrade` creates one")
 
-    def lock(self):
+    def wait_budget(self) -> WaitBudget:
+        """A run's MIGRATE_LOCK_TIMEOUT, for all its waits together (see locks.py)."""
+        return WaitBudget(self.settings.lock_timeout)
+
+    def lock(self, budget: WaitBudget):
         """The database's migration lock (see locks.py)."""
         # Keyed by the real file: a database reached through a symlink and through its real
         # path is one database, with one lock.
         path = self.path.resolve() if self.path is not None else None
-        return migration_lock(self.engine, path, self.settings.lock_timeout)
+        return migration_lock(self.engine, path, budget)
 
 
 def current_state() -> MigrateState:

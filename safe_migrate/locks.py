@@ -1,8 +1,9 @@
 """One migration at a time per database: others wait, up to MIGRATE_LOCK_TIMEOUT.
 
 SQLite: an exclusive flock on `<database>.migration-lock` beside the file (SQLite's own write
-lock lasts one transaction, and a run is one transaction per revision). PostgreSQL: a session
-advisory lock. Local filesystems only, as SQLite itself.
+lock lasts one transaction, and a run is one transaction per revision), removed when the run
+ends. PostgreSQL: a session advisory lock. Local filesystems only, as SQLite itself.
+MIGRATE_LOCK_TIMEOUT bounds a run's waiting in all, whoever holds what it waits for.
 """
 from __future__ import annotations
 
@@ -23,47 +24,93 @@ from .errors import MigrationError, describe
 PG_LOCK_KEY = 0x6D696772
 
 
+class WaitBudget:
+    """One run's MIGRATE_LOCK_TIMEOUT, spent by each of its waits for a lock (the migration
+    lock, SQLite's write lock at every revision), so that they add up to no more."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.left = seconds
+
+    def milliseconds_left(self) -> int:
+        # At least 1: PostgreSQL reads a lock_timeout of 0 as "wait forever".
+        return max(1, int(self.left * 1000))
+
+    @contextmanager
+    def spend(self):
+        """Count the time the block takes as waiting."""
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.left = max(0.0, self.left - (time.monotonic() - start))
+
+
 @contextmanager
-def migration_lock(engine: sa.engine.Engine, path: Path | None, timeout: float):
+def migration_lock(engine: sa.engine.Engine, path: Path | None, budget: WaitBudget):
     """Hold the database's migration lock for the duration of the block."""
     if path is not None:
-        with file_lock(path, timeout):
+        with file_lock(path, budget):
             yield
     elif engine.dialect.name == "postgresql":
-        with advisory_lock(engine, timeout):
+        with advisory_lock(engine, budget):
             yield
     else:
         yield
 
 
 @contextmanager
-def file_lock(path: Path, timeout: float):
-    # The file names the holder, so a waiting run can say who it waits for.
-    with open(f"{path}.migration-lock", "a+") as lock:
-        deadline = time.monotonic() + timeout
-        while True:
+def file_lock(path: Path, budget: WaitBudget):
+    name = Path(f"{path}.migration-lock")
+    deadline = time.monotonic() + budget.left
+    while True:
+        with open(name, "a+") as lock:
+            with budget.spend():
+                wait_for_flock(lock, path, deadline, budget.seconds)
+            if not is_at(lock, name):
+                continue  # the run before removed it: start over on the new file
+            # The file names the holder, so a waiting run can say who it waits for.
+            lock.truncate(0)
+            since = datetime.now(UTC)
+            lock.write(f"pid {os.getpid()} on {socket.gethostname()} since {since:%H:%M:%S} UTC")
+            lock.flush()
             try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    lock.seek(0)
-                    holder = lock.read().strip() or "another process"
-                    raise MigrationError(
-                        f"another migration of {path} is running ({holder}); "
-                        f"gave up after {timeout:g} s (MIGRATE_LOCK_TIMEOUT)") from None
-                time.sleep(0.05)
-        lock.truncate(0)
-        since = datetime.now(UTC)
-        lock.write(f"pid {os.getpid()} on {socket.gethostname()} since {since:%H:%M:%S} UTC")
-        lock.flush()
-        yield
+                yield
+            finally:
+                # Removed while still locked, so no run leaves the file behind, and a run
+                # waiting on it finds it gone and starts over.
+                name.unlink(missing_ok=True)
+            return
+
+
+def wait_for_flock(lock, path: Path, deadline: float, timeout: float) -> None:
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                lock.seek(0)
+                holder = lock.read().strip() or "another process"
+                raise MigrationError(
+                    f"another migration of {path} is running ({holder}); "
+                    f"gave up after {timeout:g} s (MIGRATE_LOCK_TIMEOUT)") from None
+            time.sleep(0.05)
+
+
+def is_at(lock, name: Path) -> bool:
+    """Whether the open file `lock` is still the file at `name`."""
+    try:
+        return os.stat(name).st_ino == os.fstat(lock.fileno()).st_ino
+    except FileNotFoundError:
+        return False
 
 
 @contextmanager
-def advisory_lock(engine: sa.engine.Engine, timeout: float):
+def advisory_lock(engine: sa.engine.Engine, budget: WaitBudget):
+    timeout = budget.seconds
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.exec_driver_sql(f"SET lock_timeout = '{int(timeout * 1000)}ms'")
+        conn.exec_driver_sql(f"SET lock_timeout = '{budget.milliseconds_left()}ms'")
         # The lock lasts as long as this session: a server-side timeout must not end it
         # while the revisions run on another connection.
         conn.exec_driver_sql("SET statement_timeout = 0")
@@ -71,7 +118,8 @@ def advisory_lock(engine: sa.engine.Engine, timeout: float):
         if conn.dialect.server_version_info >= (14,):
             conn.exec_driver_sql("SET idle_session_timeout = 0")
         try:
-            conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": PG_LOCK_KEY})
+            with budget.spend():
+                conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": PG_LOCK_KEY})
         except sa.exc.OperationalError as exc:
             if getattr(exc.orig, "pgcode", None) != "55P03":  # lock_not_available
                 raise

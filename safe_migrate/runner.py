@@ -72,8 +72,10 @@ def run_online(context, state: MigrateState) -> None:
     state.missing = MISSING_FILE.get(command, "refuse")
     try:
         state.engine.connect().close()  # a missing file fails here, before any lock file
-        lock = state.lock() if command in LOCKED else nullcontext()
-        with lock, state.engine.execution_options(migration=True).connect() as connection:
+        budget = state.wait_budget()
+        lock = state.lock(budget) if command in LOCKED else nullcontext()
+        migration = state.engine.execution_options(migration=True, lock_budget=budget)
+        with lock, migration.connect() as connection:
             Run(context, state, connection, existed, command).run()
     except BaseException:
         if state.path is not None and not existed:

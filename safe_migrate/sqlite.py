@@ -57,12 +57,20 @@ def on_connect(dbapi_connection, connection_record) -> None:
 
 
 def on_begin(connection) -> None:
-    if connection.get_execution_options().get("migration"):
+    options = connection.get_execution_options()
+    if options.get("migration"):
         # With enforcement on, a batch copy's DROP TABLE of a parent table deletes (ON DELETE
         # CASCADE) or blocks on its child rows; SQLite ignores this pragma inside a
         # transaction, so it goes before BEGIN. on_commit checks the keys instead.
         connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    budget = options.get("lock_budget")
+    if budget is None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        return
+    # SQLite's busy timeout is per statement; the run's waits together get one timeout.
+    connection.exec_driver_sql(f"PRAGMA busy_timeout = {budget.milliseconds_left()}")
+    with budget.spend():
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def on_commit(connection) -> None:

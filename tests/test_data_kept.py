@@ -3,9 +3,12 @@ what they put back, one lock per real file, no file left by a failed first run."
 import os
 import sqlite3
 import subprocess
+import sys
 import textwrap
+import time
 
 import pytest
+import sqlalchemy as sa
 from conftest import CLIS, file_hash
 
 
@@ -204,11 +207,12 @@ def test_a_failed_first_run_leaves_no_database_file(sqlite_project):
             _upgrade()
             raise RuntimeError("injected failure")
     """))
+    files = sorted(sqlite_project.path.glob("*.*"))  # Python's __pycache__ aside
 
     code, output = sqlite_project.db("upgrade")
 
     assert code == 1 and "injected failure" in output, output
-    assert not (sqlite_project.path / "data.db").exists()
+    assert sorted(sqlite_project.path.glob("*.*")) == files
     code, output = sqlite_project.db("current")
     assert code == 1 and "no database at" in output
 
@@ -293,3 +297,89 @@ def test_a_table_copy_that_would_lose_properties_is_refused(sqlite_project):
     code, output = project.db("upgrade", "-x", "backup=off", "-x", "lose=firm")
     assert code == 0, output
     assert ("trigger", "firm_logged") in firm_schema(project)
+
+
+@pytest.mark.postgresql
+def test_the_first_error_is_the_one_shown(make_project, new_pg_database, pg_server):
+    url = new_pg_database()
+    role = "u_" + url.rsplit("/", 1)[1]
+    pg_server.admin(f"CREATE ROLE {role} LOGIN PASSWORD 'role-secret'")
+    # Since PostgreSQL 15 only the database's owner may create tables in schema public.
+    as_role = sa.engine.make_url(url).set(username=role, password="role-secret")
+    project = make_project(database_url=as_role.render_as_string(hide_password=False))
+    code, output = project.db("upgrade")
+
+    assert code == 1
+    assert output.splitlines()[-1].startswith("Error: "), output
+    assert "permission denied for schema public" in output, output
+    assert "role-secret" not in output
+
+
+def test_a_full_disk_during_a_table_copy_says_disk_full(make_project, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", disk], check=True)
+    try:
+        project = make_project(database_url=f"sqlite:///{disk / 'data.db'}")
+        assert project.db("upgrade", project.revisions()[1])[0] == 0
+        project.populate(rows=5000)
+        database = disk / "data.db"
+        before = file_hash(database)
+        # Leave less room than a copy of employee needs.
+        free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+        (disk / "filler").write_bytes(b"\0" * max(0, free - 32 * 1024))
+
+        code, output = project.db("upgrade", "-x", "backup=off")
+
+        assert code == 1
+        assert output.splitlines()[-1].startswith("Error: "), output
+        assert "disk full" in output.splitlines()[-1], output
+        assert "_alembic_tmp" not in output, output
+        assert file_hash(database) == before
+    finally:
+        subprocess.run(["umount", disk], check=True)
+
+
+HOLDER = """
+import fcntl, sqlite3, sys, time
+lock = open(sys.argv[1] + ".migration-lock", "a+")
+fcntl.flock(lock, fcntl.LOCK_EX)
+reader = sqlite3.connect(sys.argv[1], isolation_level=None)
+reader.execute("BEGIN")
+reader.execute("SELECT count(*) FROM employee").fetchone()
+print("holding", flush=True)
+time.sleep(float(sys.argv[2]))  # another migration, running this long
+fcntl.flock(lock, fcntl.LOCK_UN)
+time.sleep(3600)  # a reader that never ends its transaction
+"""
+
+
+def test_all_waiting_together_is_bounded_by_the_lock_timeout(sqlite_project):
+    project = sqlite_project
+    assert project.db("upgrade", project.revisions()[1])[0] == 0
+    before = file_hash(project.path / "data.db")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, project.path / "data.db", "6"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        start = time.monotonic()
+        code, output = project.db("upgrade", "-x", "backup=off",
+                                  env={"MIGRATE_LOCK_TIMEOUT": "8"})
+        elapsed = time.monotonic() - start
+    finally:
+        holder.kill()
+        holder.wait()
+
+    assert code == 1
+    assert "gave up waiting after MIGRATE_LOCK_TIMEOUT" in output.splitlines()[-1], output
+    # 6 s for the migration lock, then the reader: 8 s in all, not 6 + 8 (plus start-up).
+    assert elapsed < 12, elapsed
+    assert file_hash(project.path / "data.db") == before
+
+
+def test_no_lock_file_is_left_behind(sqlite_project):
+    assert sqlite_project.db("upgrade")[0] == 0
+    assert sqlite_project.db("downgrade", "-x", "backup=off")[0] == 0
+    assert list(sqlite_project.path.glob("*.migration-lock")) == []
