@@ -28,6 +28,13 @@ def take_snapshot(path: Path, label: str, keep: int) -> Path:
     path = path.resolve()
     backups = path.parent / "backups"
     backups.mkdir(exist_ok=True)
+    # A run killed while copying left its partial copy; we hold the migration lock, so no
+    # copy of this database is being written now.
+    ours = snapshot_pattern(path)
+    partial = re.compile(rf"\.({ours.pattern})\.partial(-journal)?")
+    for leftover in backups.iterdir():
+        if partial.fullmatch(leftover.name):
+            leftover.unlink()
     size = path.stat().st_size
     free = shutil.disk_usage(backups).free
     if free < size:
@@ -37,7 +44,6 @@ def take_snapshot(path: Path, label: str, keep: int) -> Path:
     snapshot = backups / f"{path.stem}.{label}.{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}.db"
     copy_database(path, snapshot, mode=path.stat().st_mode & 0o777)
     print(f"Snapshot of {path.name} saved to {snapshot}")
-    ours = snapshot_pattern(path)
     mine = [p for p in backups.iterdir() if ours.fullmatch(p.name)]
     for old in sorted(mine, key=snapshot_time)[:-keep]:
         old.unlink()

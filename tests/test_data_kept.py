@@ -383,3 +383,44 @@ def test_no_lock_file_is_left_behind(sqlite_project):
     assert sqlite_project.db("upgrade")[0] == 0
     assert sqlite_project.db("downgrade", "-x", "backup=off")[0] == 0
     assert list(sqlite_project.path.glob("*.migration-lock")) == []
+
+
+def grow(database, rows):
+    with sqlite3.connect(database) as conn:
+        conn.execute(
+            "INSERT INTO employee (name, email) WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL "
+            f"SELECT i + 1 FROM n WHERE i < {rows}) SELECT 'employee ' || i, 'e' || i || "
+            "'@example.com' || hex(randomblob(40)) FROM n")
+
+
+def kill_when(proc, backups, written):
+    """kill -9 the run once a partial snapshot in backups/ holds `written` bytes."""
+    while proc.poll() is None:
+        partials = list(backups.glob(".*.partial")) if backups.exists() else []
+        if any(p.stat().st_size >= written for p in partials if p.exists()):
+            proc.kill()
+            break
+    proc.wait()
+    return partials
+
+
+@pytest.mark.parametrize("written", [0, 2**20], ids=["as it starts", "after 1 MB"])
+def test_a_killed_snapshot_leaves_nothing_behind(sqlite_project, written):
+    project = sqlite_project
+    assert project.db("upgrade", project.revisions()[1])[0] == 0
+    database, backups = project.path / "data.db", project.path / "backups"
+    grow(database, 300_000)
+    before = file_hash(database)
+    run = subprocess.Popen([str(a) for a in project.db_argv("upgrade")], cwd=project.path,
+                           env={**project.env, "FLASK_APP": "migrate_example.py"},
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    assert kill_when(run, backups, written), "the run ended before its snapshot was seen"
+    assert run.returncode == -9
+    assert file_hash(database) == before
+    assert snapshots(project) == []
+
+    code, output = project.db("upgrade")  # the next run clears what the killed one left
+    assert code == 0, output
+    assert [p.name for p in backups.iterdir()] == [snapshots(project)[0].name]
+    assert list(project.path.glob("*.migration-lock")) == []
