@@ -39,7 +39,7 @@ def opt(*flags, **kwargs) -> Opt:
 DIRECTORY = opt("-d", "--directory", help="Migration script directory (default is 'migrations')")
 X_ARG = opt("-x", "--x-arg", multiple=True,
             help="Additional arguments consumed by custom env.py scripts (rename=TABLE.OLD:NEW, "
-                 "yes, backup=off)")
+                 "yes, backup=off, lose=TABLE, foreign)")
 SQL = opt("--sql", flag=True, help="Don't emit SQL to database - dump to standard output instead")
 TAG = opt("--tag", help="Arbitrary 'tag' name - can be used by custom env.py scripts")
 MESSAGE = opt("-m", "--message", help="Revision message")
@@ -86,7 +86,7 @@ COMMANDS = {
     "check": (commands.check, [DIRECTORY]),
     "repair": (commands.repair, [DIRECTORY]),
     "restore": (commands.restore, [opt("snapshot", help="a snapshot file, from backups/ beside "
-                                                        "the database")]),
+                                                        "the database"), X_ARG]),
 }
 
 

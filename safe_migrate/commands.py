@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from contextlib import closing
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -23,7 +24,15 @@ from .checksums import (
 from .errors import MigrationError
 from .extension import current_state
 from .revisions import database_heads, revision_index
-from .snapshots import check_snapshot, restore_into, take_snapshot
+from .snapshots import (
+    check_snapshot,
+    identity,
+    read_only,
+    restore_into,
+    rotate_snapshots,
+    rows_only_in,
+    take_snapshot,
+)
 
 
 def config(directory=None, x_arg=None, opts=None, command=None):
@@ -233,13 +242,15 @@ def repair(directory=None):
     print(f"Recorded the checksums of {len(applied)} applied revision(s)")
 
 
-def restore(snapshot):
-    """Put a snapshot from backups/ back in place of the SQLite database."""
+def restore(snapshot, x_arg=None):
+    """Put a snapshot from backups/ back in place of the SQLite database (it asks first if
+    the database has rows the snapshot lacks)"""
+    from .autogenerate import ask
     from .runner import revision_label
     from .sqlite import is_read_only
 
     state = current_state()
-    path, snapshot = state.path, Path(snapshot)
+    path, snapshot, x_arg = state.path, Path(snapshot), x_arg or []
     if path is None:
         raise MigrationError("restore works on SQLite files only; use your server's backups")
     if is_read_only(state.url):
@@ -250,13 +261,34 @@ def restore(snapshot):
         heads = database_heads(conn)
     if snapshot.resolve() == path.resolve():
         raise MigrationError(f"{snapshot} is the database itself; name a snapshot from backups/")
+    revisions, origin = check_snapshot(snapshot)
     known = revision_index(Path(state.directory))
-    for revision in check_snapshot(snapshot):
+    for revision in revisions:
         if known is not None and revision not in known["lines"]:
             raise MigrationError(f"{snapshot} is at revision {revision}, which migrations/ does "
                                  "not know: not a snapshot of this project; nothing changed")
     budget = state.wait_budget()
     with state.lock(budget):
-        take_snapshot(path, f"{revision_label(heads)}-restore", state.settings.snapshots_kept)
-        restore_into(snapshot, path, budget.left)
+        with closing(read_only(path, budget.left)) as conn:
+            ours = identity(conn)
+        if (ours is None or origin != ours) and "foreign" not in x_arg:
+            raise MigrationError(
+                f"{snapshot} was not taken from {path} (it has no migration_database "
+                "identity, or another one); nothing changed. To restore it anyway, add "
+                "-x foreign")
+        lost = rows_only_in(path, snapshot, budget.left)
+        if lost and "yes" not in x_arg:
+            what = (f"{path.name} has rows that {snapshot.name} lacks, which a restore loses: "
+                    + ", ".join(f"{table} ({rows} rows)" for table, rows in lost.items()))
+            if not sys.stdin.isatty():
+                raise MigrationError(f"{what}; nothing changed. To go ahead, add -x yes")
+            if not ask(f"{what}. Restore?"):
+                raise MigrationError("restore cancelled; nothing changed")
+        undo = take_snapshot(path, f"{revision_label(heads)}-restore", budget.left)
+        try:
+            restore_into(snapshot, path, budget.left)
+        except BaseException:
+            undo.unlink()  # the database is as it was: its copy is no undo
+            raise
+        rotate_snapshots(path, state.settings.snapshots_kept)
     print(f"Restored {path} from {snapshot}")

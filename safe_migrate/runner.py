@@ -21,13 +21,15 @@ from .autogenerate import ask, count_rows, revision_directives_hook, x_values
 from .checksums import CHECKSUM_TABLE, record_checksum, verify_checksums
 from .errors import MigrationError
 from .extension import MigrateState, current_state
-from .snapshots import take_snapshot
+from .snapshots import IDENTITY_TABLE, give_identity, rotate_snapshots, take_snapshot
 from .sqlite_copies import originals, restore_lost_objects
 
 # What connecting does about a missing SQLite file, by command (see MigrateState.missing).
 MISSING_FILE = {"upgrade": "create", "stamp": "create", "revision": "compare with empty"}
 # The commands that change the database, and so run under the migration lock.
 LOCKED = {"upgrade", "downgrade", "stamp", None}
+# Tables of ours and Alembic's, which are no part of the app's schema or data.
+BOOKKEEPING = {"alembic_version", CHECKSUM_TABLE, IDENTITY_TABLE}
 
 
 class QuietStart(logging.Filter):
@@ -111,6 +113,8 @@ class Run:
         # SQLite: each table as it was before a table copy of the running revision.
         self.originals = originals(connection)
         self.originals.clear()
+        self.identified = False
+        self.snapshot_taken = False
 
     def run(self) -> None:
         autogenerate = getattr(self.context.config.cmd_opts, "autogenerate", False)
@@ -135,6 +139,8 @@ class Run:
             if not self.had_version_table:
                 self.drop_empty_version_table()
             raise
+        if self.snapshot_taken:
+            rotate_snapshots(self.state.path, self.state.settings.snapshots_kept)
 
     def checked(self, steps):
         def checked_steps(heads, migration_context):
@@ -173,13 +179,18 @@ class Run:
             # holds rows, after_revision notices it before the revision commits.
             self.rows_held = tables_holding_rows(self.connection)
         if self.file_existed and "off" not in x_values(self.x_arg, "backup"):
+            budget = self.connection.get_execution_options()["lock_budget"]
             take_snapshot(self.state.path, f"{revision_label(heads)}-{destination}",
-                          self.state.settings.snapshots_kept)
+                          budget.left)
+            self.snapshot_taken = True
 
     def after_revision(self, ctx, step, heads, run_args) -> None:
         """Alembic's on_version_apply hook, in the revision's own transaction: record its
         checksum, and roll back a downgrade that dropped tables holding rows unasked."""
         record_checksum(ctx, step, heads, run_args)
+        if self.state.path is not None and not self.identified:
+            give_identity(ctx.connection)
+            self.identified = True
         if self.originals:
             self.keep_what_copies_lost(ctx.connection, step)
         if not self.rows_held:
@@ -232,9 +243,9 @@ class Run:
 
 
 def not_our_bookkeeping(name, type_, parent_names) -> bool:
-    """Alembic's include_name hook: autogenerate leaves the checksum table and SQLite's own
+    """Alembic's include_name hook: autogenerate leaves our bookkeeping tables and SQLite's own
     tables (sqlite_sequence, sqlite_stat1, ...) alone."""
-    return not (type_ == "table" and (name == CHECKSUM_TABLE or name.startswith("sqlite_")))
+    return not (type_ == "table" and (name in BOOKKEEPING or name.startswith("sqlite_")))
 
 
 def revision_label(revisions) -> str:
@@ -253,7 +264,7 @@ def refuse_unversioned_database(connection) -> None:
     """An existing database that these migrations did not make (it has tables but no
     alembic_version) must be adopted by hand."""
     tables = [t for t in sa.inspect(connection).get_table_names()
-              if t not in (CHECKSUM_TABLE, "alembic_version")]
+              if t not in BOOKKEEPING]
     if tables:
         raise MigrationError(
             f"the database already has tables ({', '.join(tables)}) but no alembic_version, "
@@ -303,5 +314,5 @@ def tables_holding_rows(connection) -> dict:
 def holding_rows(connection, tables) -> dict:
     """{table: rows} for those of these tables that hold rows (our bookkeeping aside)."""
     counts = {table: count_rows(connection, table) for table in tables
-              if table not in ("alembic_version", CHECKSUM_TABLE)}
+              if table not in BOOKKEEPING}
     return {table: rows for table, rows in counts.items() if rows}

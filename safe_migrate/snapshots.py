@@ -4,6 +4,8 @@ Snapshots are copies made with SQLite's online backup API, in `backups/` beside 
 database's real file, named `<stem>.<from>-<to>.<UTC time>.db`. Each is written under a
 temporary name and renamed when complete, never readable by more users than the database
 is, and only this database's own snapshots are rotated out (the newest few are kept).
+A database migrated by this package holds a random identity in `migration_database`, which
+its snapshots carry, so that a restore can tell its snapshots from other files.
 """
 from __future__ import annotations
 
@@ -11,11 +13,18 @@ import os
 import re
 import shutil
 import sqlite3
+import time
+import uuid
 from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
+import sqlalchemy as sa
+
+from .checksums import CHECKSUM_TABLE
 from .errors import MigrationError
+
+IDENTITY_TABLE = "migration_database"
 
 
 def snapshot_pattern(path: Path) -> re.Pattern:
@@ -23,7 +32,7 @@ def snapshot_pattern(path: Path) -> re.Pattern:
     return re.compile(re.escape(path.stem) + r"\.[0-9a-zA-Z_+]+-[0-9a-zA-Z_+]+\.\d{8}T\d{12}Z\.db")
 
 
-def take_snapshot(path: Path, label: str, keep: int) -> Path:
+def take_snapshot(path: Path, label: str, timeout: float) -> Path:
     """Copy the SQLite file into backups/ beside it; print and return the copy's path."""
     path = path.resolve()
     backups = path.parent / "backups"
@@ -42,19 +51,27 @@ def take_snapshot(path: Path, label: str, keep: int) -> Path:
             f"no room for a snapshot of {path.name} ({size} bytes) in {backups} ({free} bytes "
             "free); nothing changed. Free some space, or skip the snapshot with -x backup=off")
     snapshot = backups / f"{path.stem}.{label}.{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}.db"
-    copy_database(path, snapshot, mode=path.stat().st_mode & 0o777)
+    copy_database(path, snapshot, path.stat().st_mode & 0o777, timeout)
     print(f"Snapshot of {path.name} saved to {snapshot}")
-    mine = [p for p in backups.iterdir() if ours.fullmatch(p.name)]
+    return snapshot
+
+
+def rotate_snapshots(path: Path, keep: int) -> None:
+    """Delete all but the newest `keep` of this database's snapshots (after a run that
+    succeeded: a failed one pushes none out)."""
+    path = path.resolve()
+    ours = snapshot_pattern(path)
+    backups = path.parent / "backups"
+    mine = [p for p in backups.iterdir() if ours.fullmatch(p.name)] if backups.is_dir() else []
     for old in sorted(mine, key=snapshot_time)[:-keep]:
         old.unlink()
-    return snapshot
 
 
 def snapshot_time(snapshot: Path) -> str:
     return snapshot.name.rsplit(".", 2)[-2]
 
 
-def copy_database(source: Path, target: Path, mode: int) -> None:
+def copy_database(source: Path, target: Path, mode: int, timeout: float) -> None:
     """Copy a SQLite database to a new file with the backup API, through a temporary file
     renamed into place, so a kill or a full disk leaves no partial copy behind."""
     partial = target.with_name(f".{target.name}.partial")
@@ -62,8 +79,9 @@ def copy_database(source: Path, target: Path, mode: int) -> None:
     os.close(fd)
     os.chmod(partial, mode)  # the umask may have narrowed it further; never widened
     try:
-        with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(partial)) as dst:
-            src.backup(dst)
+        with closing(sqlite3.connect(source, timeout=timeout)) as src, \
+                closing(sqlite3.connect(partial)) as dst:
+            backup(src, dst, timeout)
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
@@ -72,20 +90,77 @@ def copy_database(source: Path, target: Path, mode: int) -> None:
 def restore_into(snapshot: Path, database: Path, timeout: float) -> None:
     """Copy a snapshot over the live database in place, with the backup API: SQLite writes it
     in one transaction, so other connections see the old file or the new one."""
-    with closing(sqlite3.connect(f"file:{snapshot}?mode=ro", uri=True, timeout=timeout)) as src, \
+    with closing(read_only(snapshot, timeout)) as src, \
             closing(sqlite3.connect(database, timeout=timeout)) as dst:
-        src.backup(dst)
+        backup(src, dst, timeout)
 
 
-def check_snapshot(snapshot: Path) -> list[str]:
-    """What alembic_version says in a snapshot that SQLite finds whole; else one line why not."""
+def backup(src: sqlite3.Connection, dst: sqlite3.Connection, timeout: float) -> None:
+    """SQLite's online backup from src to dst, giving up after `timeout` seconds of finding
+    either locked (Python's backup() would retry for ever)."""
+    deadline = time.monotonic() + timeout
+
+    def give_up_at_deadline(status, remaining, total):
+        if status in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) and time.monotonic() > deadline:
+            raise sqlite3.OperationalError("database is locked")
+
+    src.backup(dst, progress=give_up_at_deadline)
+
+
+def check_snapshot(snapshot: Path) -> tuple[list[str], str | None]:
+    """What alembic_version says in a snapshot that SQLite finds whole, and the identity of
+    the database it was taken from; else one line why not."""
     if snapshot.stat().st_size == 0:
         raise MigrationError(f"{snapshot} is empty, not a snapshot; nothing changed")
     try:
-        with closing(sqlite3.connect(f"file:{snapshot}?mode=ro", uri=True)) as conn:
+        with closing(read_only(snapshot)) as conn:
             verdict = conn.execute("PRAGMA integrity_check").fetchone()[0]
             if verdict != "ok":
                 raise MigrationError(f"{snapshot} is damaged ({verdict}); nothing changed")
-            return [row[0] for row in conn.execute("SELECT version_num FROM alembic_version")]
+            revisions = [row[0] for row in conn.execute("SELECT version_num FROM alembic_version")]
+            return revisions, identity(conn)
     except sqlite3.DatabaseError as exc:
         raise MigrationError(f"{snapshot} is not a whole SQLite database ({exc}); nothing changed") from None
+
+
+def read_only(path: Path, timeout: float = 5.0) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)
+
+
+def identity(conn: sqlite3.Connection) -> str | None:
+    """The identity of the database `conn` reads, or None if it has none."""
+    try:
+        row = conn.execute(f"SELECT id FROM {IDENTITY_TABLE}").fetchone()
+    except sqlite3.OperationalError:  # no such table
+        return None
+    return row[0] if row else None
+
+
+def give_identity(connection: sa.engine.Connection) -> None:
+    """Record a random identity in this database, once (in a revision's transaction)."""
+    connection.exec_driver_sql(
+        f"CREATE TABLE IF NOT EXISTS {IDENTITY_TABLE} (id VARCHAR(32) NOT NULL PRIMARY KEY)")
+    if connection.exec_driver_sql(f"SELECT id FROM {IDENTITY_TABLE}").first() is None:
+        connection.exec_driver_sql(f"INSERT INTO {IDENTITY_TABLE} VALUES ('{uuid.uuid4().hex}')")
+
+
+def rows_only_in(database: Path, snapshot: Path, timeout: float) -> dict[str, int]:
+    """{table: rows} of the database's rows that the snapshot does not hold (compared on the
+    columns both have), for every table that has some."""
+    with closing(read_only(database, timeout)) as conn:
+        conn.execute("ATTACH ? AS snapshot", (f"file:{snapshot}?mode=ro",))
+        tables = [row[0] for row in conn.execute(
+            "SELECT name FROM main.sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+            if row[0] not in ("alembic_version", IDENTITY_TABLE, CHECKSUM_TABLE)]
+        lost = {}
+        for table in tables:
+            columns = [row[1] for row in conn.execute(f'PRAGMA main.table_info("{table}")')]
+            theirs = {row[1] for row in conn.execute(f'PRAGMA snapshot.table_info("{table}")')}
+            common = ", ".join(f'"{c}"' for c in columns if c in theirs)
+            query = (f'SELECT count(*) FROM (SELECT {common} FROM main."{table}" EXCEPT '
+                     f'SELECT {common} FROM snapshot."{table}")' if common
+                     else f'SELECT count(*) FROM main."{table}"')
+            count = conn.execute(query).fetchone()[0]
+            if count:
+                lost[table] = count
+        return lost

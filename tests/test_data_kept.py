@@ -1,6 +1,7 @@
 """Nothing silently lost around the database: snapshots you can trust, restores that check
 what they put back, one lock per real file, no file left by a failed first run."""
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import time
 
 import pytest
 import sqlalchemy as sa
-from conftest import CLIS, file_hash
+from conftest import CLIS, Project, copy_project, file_hash
 
 
 @pytest.fixture(params=CLIS)
@@ -82,10 +83,27 @@ def corrupt_file(path, project):
     return "is not a whole SQLite database"
 
 
+def partial_file(path, project):
+    [snapshot] = snapshots(project)
+    data = snapshot.read_bytes()
+    path.write_bytes(data[:len(data) // 2])  # what a kill or a full disk leaves
+    return "is not a whole SQLite database"
+
+
+def another_databases_snapshot(path, project):
+    """A snapshot by this tool of another database of the same project, at a known revision."""
+    other = Project(copy_project(project.path.parent / "other"), cli=project.cli)
+    assert other.db("upgrade")[0] == 0
+    shutil.copy(other.path / "data.db", path)
+    return f"was not taken from {project.path / 'data.db'}"
+
+
 BAD_SNAPSHOTS = {
     "empty": lambda path, project: empty_file(path),
     "corrupt": corrupt_file,
+    "partial": partial_file,
     "foreign": lambda path, project: foreign_database(path),
+    "another database's": another_databases_snapshot,
     "the live file": None,
 }
 
@@ -424,3 +442,73 @@ def test_a_killed_snapshot_leaves_nothing_behind(sqlite_project, written):
     assert code == 0, output
     assert [p.name for p in backups.iterdir()] == [snapshots(project)[0].name]
     assert list(project.path.glob("*.migration-lock")) == []
+
+
+def test_restore_of_another_databases_snapshot_needs_x_foreign(at_head_with_a_snapshot):
+    project = at_head_with_a_snapshot
+    candidate = project.path / "backups" / "data.candidate.db"
+    another_databases_snapshot(candidate, project)
+
+    code, output = project.db("restore", candidate, "-x", "foreign", "-x", "yes")
+
+    assert code == 0, output
+    assert project.query("SELECT count(*) FROM employee") == [(0,)]
+
+
+def test_restore_says_which_rows_it_would_lose(at_head_with_a_snapshot):
+    project = at_head_with_a_snapshot
+    [snapshot] = snapshots(project)
+    project.execute("INSERT INTO employee (name, age) VALUES ('new 1', 30), ('new 2', 31)")
+    project.execute("UPDATE company SET cname = 'renamed' WHERE cid = 1")
+    before = file_hash(project.path / "data.db")
+
+    code, output = project.db("restore", snapshot)
+
+    assert code == 1
+    assert output == (f"Error: data.db has rows that {snapshot.name} lacks, which a restore "
+                      "loses: company (1 rows), employee (2 rows); nothing changed. To go "
+                      "ahead, add -x yes\n")
+    assert file_hash(project.path / "data.db") == before
+    assert snapshots(project) == [snapshot]
+
+    code, output = project.db("restore", snapshot, "-x", "yes")
+    assert code == 0, output
+    assert project.query("SELECT count(*) FROM employee") == [(1000,)]
+
+
+@pytest.mark.parametrize("answer", ["y", "n"])
+def test_restore_asks_on_a_terminal(at_head_with_a_snapshot, answer):
+    project = at_head_with_a_snapshot
+    [snapshot] = snapshots(project)
+    project.execute("DELETE FROM company WHERE cid > 10")
+    project.execute("INSERT INTO company (cid, cname, clocation) VALUES (5000, 'new', 'x')")
+
+    code, output = project.db_on_terminal(["restore", snapshot], answer)
+
+    assert "company (1 rows)" in output and "Restore? [y/N]" in output, output
+    assert code == (0 if answer == "y" else 1), output
+    expected = 1000 if answer == "y" else 11
+    assert project.query("SELECT count(*) FROM company") == [(expected,)]
+
+
+def test_restore_waits_for_a_reader_no_longer_than_the_lock_timeout(at_head_with_a_snapshot):
+    project = at_head_with_a_snapshot
+    [snapshot] = snapshots(project)
+    database = project.path / "data.db"
+    before = file_hash(database)
+    reader = sqlite3.connect(database, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM employee").fetchone()
+    try:
+        start = time.monotonic()
+        code, output = project.db("restore", snapshot, "-x", "yes",
+                                  env={"MIGRATE_LOCK_TIMEOUT": "2"})
+        elapsed = time.monotonic() - start
+    finally:
+        reader.close()
+
+    assert code == 1
+    assert "gave up waiting after MIGRATE_LOCK_TIMEOUT" in output, output
+    assert elapsed < 10, elapsed
+    assert file_hash(database) == before
+    assert snapshots(project) == [snapshot]
