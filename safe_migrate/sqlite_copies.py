@@ -3,8 +3,8 @@
 On SQLite, Alembic's batch mode rebuilds a table (create a new one, copy the rows, drop the
 old one, rename it), as SQLite's ALTER TABLE documentation describes. What it rebuilds it
 learns by reflection, which misses triggers, expression and partial indexes, AUTOINCREMENT,
-WITHOUT ROWID, collations, CHECK constraints and the ON DELETE / ON UPDATE actions of a
-foreign key. `record_original` records each table as a copy starts; after the revision, inside
+WITHOUT ROWID, collations, CHECK constraints and the ON DELETE / ON UPDATE / DEFERRABLE
+clauses of a foreign key. `record_original` records each table as a copy starts; after the revision, inside
 its transaction, `restore_lost_objects` puts back what a copy lost and can be put back
 (triggers, indexes, the sqlite_sequence value), and returns the rest, so the revision is
 rolled back with one line naming each loss unless the user accepts it.
@@ -20,6 +20,8 @@ import sqlalchemy as sa
 
 COLLATE = re.compile(r"\bCOLLATE\s+(\w+)", re.IGNORECASE)
 CHECK = re.compile(r"\bCHECK\s*\(", re.IGNORECASE)
+DEFERRABLE = re.compile(
+    r"\b(?:NOT\s+)?DEFERRABLE(?:\s+INITIALLY\s+(?:DEFERRED|IMMEDIATE))?", re.IGNORECASE)
 
 
 # How Alembic's batch mode starts a copy: the new table under a temporary name.
@@ -161,6 +163,9 @@ def lost_properties(name: str, old_sql: str, new_sql: str) -> list[str]:
         if column in old_fks and old_fks[column] != new_fks.get(column):
             on_update, on_delete = old_fks[column]
             losses.append(f"ON UPDATE {on_update} ON DELETE {on_delete} of {name}.{column}")
+        deferrable = DEFERRABLE.search(definition)
+        if deferrable and not DEFERRABLE.search(new_columns[column]):
+            losses.append(f"{normalized(deferrable.group())} of {name}.{column}")
     gone = set(old_columns) - set(new_columns)
     for check in sorted(all_checks(old_sql) - all_checks(new_sql)):
         if not any(re.search(rf"\b{re.escape(c.upper())}\b", check) for c in gone):
