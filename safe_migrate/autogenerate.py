@@ -9,6 +9,8 @@ import sqlalchemy as sa
 from alembic.autogenerate import renderers
 from alembic.operations import ops
 
+from .names import NamesOnly
+
 
 def x_values(x_arg, key: str) -> list[str]:
     """The values of `-x KEY=VALUE` options for one key, in order."""
@@ -238,6 +240,10 @@ def revision_directives_hook(x_arg, autogenerate: bool):
 
     def process_revision_directives(context, revision, directives):
         script = directives[0]
+        if autogenerate and "convention" not in x_values(x_arg, "names"):
+            names = NamesOnly(context.connection, context.opts["target_metadata"])
+            names.leave_out(script.upgrade_ops)
+            names.leave_out(script.downgrade_ops)
         if autogenerate and script.upgrade_ops.is_empty():
             directives[:] = []
             logging.getLogger("alembic.env").info("No changes in schema detected.")

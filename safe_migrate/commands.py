@@ -205,6 +205,7 @@ def check(directory=None):
     from alembic.runtime.migration import MigrationContext
 
     from .autogenerate import describe_difference
+    from .names import NamesOnly
     from .runner import not_our_bookkeeping, revision_label
 
     state = current_state()
@@ -222,7 +223,8 @@ def check(directory=None):
             # SQLAlchemy's reflection warnings (a foreign-key cycle, an expression index)
             # are not differences; the lines below are what check reports.
             warnings.simplefilter("ignore", sa.exc.SAWarning)
-            differences = compare_metadata(context, state.metadata)
+            differences = NamesOnly(conn, state.metadata).differences(
+                compare_metadata(context, state.metadata))
         for difference in differences:
             problems += describe_difference(difference)
     if problems:

@@ -33,20 +33,23 @@ BOOKKEEPING = {"alembic_version", CHECKSUM_TABLE, IDENTITY_TABLE}
 
 
 class QuietStart(logging.Filter):
-    """Alembic's two lines at the start of every command ("Context impl SQLiteImpl.",
-    "Will assume transactional DDL.") say nothing a user can act on."""
+    """Alembic's lines at the start of every command ("Context impl SQLiteImpl.", "Will
+    assume transactional DDL.", one per autogenerate plugin where an alembic.ini older than
+    Alembic 1.19 leaves them at INFO) say nothing a user can act on."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(("Context impl", "Will assume"))
+        return not str(record.msg).startswith(
+            ("Context impl", "Will assume", "setting up autogenerate plugin"))
 
 
 def run_migrations() -> None:
     """Run the Alembic command in progress with this package's guarantees (call from env.py)."""
     from alembic import context
 
-    log = logging.getLogger("alembic.runtime.migration")
-    if not any(isinstance(f, QuietStart) for f in log.filters):
-        log.addFilter(QuietStart())
+    for name in ("alembic.runtime.migration", "alembic.runtime.plugins"):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, QuietStart) for f in log.filters):
+            log.addFilter(QuietStart())
     state = current_state()
     if context.is_offline_mode():
         run_offline(context, state)
@@ -118,9 +121,12 @@ class Run:
 
     def run(self) -> None:
         autogenerate = getattr(self.context.config.cmd_opts, "autogenerate", False)
+        # Alembic names the constraints a revision leaves unnamed with target_metadata's
+        # convention; an old history's revisions must run with the names they were written for.
+        convention = self.context.config.get_section("safe_migrate", {}).get("naming_convention")
         options = dict(
             connection=self.connection,
-            target_metadata=self.state.metadata,
+            target_metadata=self.state.metadata if autogenerate or convention else sa.MetaData(),
             **{**self.state.configure_args,
                "on_version_apply": self.after_revision,
                "include_name": not_our_bookkeeping,

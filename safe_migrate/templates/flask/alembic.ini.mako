@@ -9,6 +9,14 @@
 # revision_environment = false
 
 
+[safe_migrate]
+# This history names constraints with safe_migrate.NAMING_CONVENTION from its first revision
+# on: the ones its revisions leave unnamed get their names from it when they run. A history
+# without this line (one that predates the convention) keeps the names its revisions and
+# database already use, whatever the models' metadata says.
+naming_convention = from the first revision
+
+
 # Logging configuration
 [loggers]
 keys = root,sqlalchemy,alembic,alembic_plugins,flask_migrate

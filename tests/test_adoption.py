@@ -1,0 +1,138 @@
+"""Adopting a project that predates the package: a database and history made by bare
+Flask-Migrate 2.7 come under the tool with no spurious revision, and its old revisions run
+with the names they were written for."""
+import shutil
+import sys
+import textwrap
+
+import pytest
+from conftest import ROOT
+
+BARE_APP = '''
+    """The tutorial's module as published: bare Flask-Migrate 2.7, no safe_migrate."""
+    import os
+
+    from flask import Flask
+    from flask_migrate import Migrate, MigrateCommand
+    from flask_script import Manager
+    from flask_sqlalchemy import SQLAlchemy
+
+    app = Flask(__name__)
+    app.config["SQLALCHEMY_DATABASE_URI"] = os.environ.get("DATABASE_URL", "sqlite:///data.db")
+    app.config["SQLALCHEMY_TRACK_MODIFICATIONS"] = False
+    db = SQLAlchemy(app)
+    migrate = Migrate(app, db)
+    manager = Manager(app)
+    manager.add_command("db", MigrateCommand)
+
+
+    class Employee(db.Model):
+        id = db.Column(db.Integer, primary_key=True)
+        name = db.Column(db.String, unique=True, nullable=False)
+        age = db.Column(db.Integer, unique=False, nullable=True)
+
+
+    class Company(db.Model):
+        cid = db.Column(db.Integer, primary_key=True)
+        cname = db.Column(db.String, unique=True, nullable=False)
+        clocation = db.Column(db.String, unique=False, nullable=False)
+
+
+    if __name__ == "__main__":
+        manager.run()
+'''
+
+
+@pytest.fixture
+def built_by_flask_migrate(make_project, database_url):
+    """A project whose history and database bare Flask-Migrate made, with rows, then handed
+    to the tool as the README says: its env.py replaced by the package's."""
+    project = make_project(database_url=database_url, with_migrations=False)
+    (project.path / "bare_app.py").write_text(textwrap.dedent(BARE_APP))
+    for step in (["init"], ["migrate", "-m", "tutorial"], ["upgrade"]):
+        code, output = project.run(sys.executable, "bare_app.py", "db", *step)
+        assert code == 0, output
+    project.populate(rows=100)
+    shutil.copy(ROOT / "safe_migrate" / "templates" / "flask" / "env.py",
+                project.path / "migrations" / "env.py")
+    return project
+
+
+def versions(project):
+    return sorted(p.name for p in (project.path / "migrations" / "versions").glob("*.py"))
+
+
+def test_a_database_built_by_flask_migrate_is_adopted_without_a_revision(built_by_flask_migrate):
+    project = built_by_flask_migrate
+    before, files = project.state(), versions(project)
+
+    assert project.db("check") == (0, "The models, the migrations' head and the database agree.\n")
+    code, output = project.db("migrate")
+    assert code == 0 and "No changes in schema detected." in output, output
+    assert "setting up autogenerate plugin" not in output, output
+    assert versions(project) == files
+    assert project.db("upgrade")[0] == 0
+    assert project.state() == before
+
+
+def test_names_can_be_adopted_on_request(built_by_flask_migrate):
+    project = built_by_flask_migrate
+
+    code, output = project.db("migrate", "-m", "adopt names", "-x", "names=convention")
+
+    assert code == 0, output
+    assert project.db("upgrade")[0] == 0, output
+    unique = {u["name"] for u in project.inspector().get_unique_constraints("employee")}
+    assert "uq_employee_name" in unique
+    assert project.db("check")[0] == 0
+    assert project.db("downgrade", "-x", "backup=off")[0] == 0
+    unique = {u["name"] for u in project.inspector().get_unique_constraints("employee")}
+    assert "uq_employee_name" not in unique
+
+
+DEPARTMENT = """
+    def upgrade():
+        op.create_table(
+            "department",
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("company_cid", sa.Integer, sa.ForeignKey("company.cid")),
+            sa.Column("name", sa.String),
+            sa.Column("floor", sa.Integer),
+            sa.UniqueConstraint("company_cid", "name"),
+            sa.UniqueConstraint("company_cid", "floor"),
+        )
+
+
+    def downgrade():
+        op.drop_table("department")
+"""
+
+DROP_DEFAULT_NAMED_FK = """
+    def upgrade():
+        op.drop_constraint("department_company_cid_fkey", "department", type_="foreignkey")
+
+
+    def downgrade():
+        op.create_foreign_key("department_company_cid_fkey", "department", "company",
+                              ["company_cid"], ["cid"])
+"""
+
+
+@pytest.mark.postgresql
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_old_revisions_keep_postgresqls_default_names(built_by_flask_migrate):
+    project = built_by_flask_migrate
+    revisions = [p.split("_")[0] for p in versions(project)]
+    project.add_revision("dept0001", DEPARTMENT, down_revision=revisions[-1])
+    project.add_revision("dept0002", DROP_DEFAULT_NAMED_FK, down_revision="dept0001")
+
+    code, output = project.db("upgrade")
+
+    assert code == 0, output
+    inspector = project.inspector()
+    assert inspector.get_foreign_keys("department") == []
+    assert sorted(u["column_names"] for u in inspector.get_unique_constraints("department")) == [
+        ["company_cid", "floor"], ["company_cid", "name"]]
+    assert project.db("downgrade", "-x", "backup=off")[0] == 0
+    assert [f["name"] for f in project.inspector().get_foreign_keys("department")] == [
+        "department_company_cid_fkey"]
