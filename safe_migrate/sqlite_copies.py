@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 COLLATE = re.compile(r"\bCOLLATE\s+(\w+)", re.IGNORECASE)
 CHECK = re.compile(r"\bCHECK\s*\(", re.IGNORECASE)
+FOREIGN_KEYS_CHANGED = re.compile(r"create_foreign_key|type_=['\"]foreignkey")
 DEFERRABLE = re.compile(
     r"\b(?:NOT\s+)?DEFERRABLE(?:\s+INITIALLY\s+(?:DEFERRED|IMMEDIATE))?", re.IGNORECASE)
 
@@ -138,7 +139,7 @@ def restore_lost_objects(connection, originals: dict[str, Original],
                     connection.exec_driver_sql(sql)
             except sa.exc.DBAPIError:
                 losses.append((name, f"{kind} {object_name}"))
-        losses += [(name, what) for what in lost_properties(name, old.sql, new_sql)]
+        losses += [(name, what) for what in lost_properties(name, old.sql, new_sql, revision_text)]
         if old.sequence is not None and "AUTOINCREMENT" in new_sql.upper():
             connection.exec_driver_sql(
                 "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?",
@@ -146,8 +147,10 @@ def restore_lost_objects(connection, originals: dict[str, Original],
     return losses
 
 
-def lost_properties(name: str, old_sql: str, new_sql: str) -> list[str]:
+def lost_properties(name: str, old_sql: str, new_sql: str, revision_text: str) -> list[str]:
     """What the new table lacks of the old one's properties, for the columns it kept."""
+    # A revision that creates or drops foreign keys changes their clauses on purpose.
+    keys_changed = FOREIGN_KEYS_CHANGED.search(revision_text) is not None
     losses = []
     for keyword in ("AUTOINCREMENT", "WITHOUT ROWID"):
         if keyword in normalized(old_sql) and keyword not in normalized(new_sql):
@@ -160,6 +163,8 @@ def lost_properties(name: str, old_sql: str, new_sql: str) -> list[str]:
         collation = COLLATE.search(definition)
         if collation and not COLLATE.search(new_columns[column]):
             losses.append(f"COLLATE {collation.group(1)} of {name}.{column}")
+        if keys_changed:
+            continue
         if column in old_fks and old_fks[column] != new_fks.get(column):
             on_update, on_delete = old_fks[column]
             losses.append(f"ON UPDATE {on_update} ON DELETE {on_delete} of {name}.{column}")

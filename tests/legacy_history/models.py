@@ -1,0 +1,61 @@
+"""The legacy project's app at the head of its history, run with bare Flask-Migrate 2.7
+(LEGACY_TOOL unset) or with safe_migrate (LEGACY_TOOL=1): only the import differs, as the
+README's "Use it in your own app" says."""
+import os
+
+from flask import Flask
+from flask_script import Manager
+from flask_sqlalchemy import SQLAlchemy
+
+if os.environ.get("LEGACY_TOOL"):
+    from safe_migrate import Migrate, MigrateCommand
+else:
+    from flask_migrate import Migrate, MigrateCommand
+
+app = Flask(__name__)
+app.config["SQLALCHEMY_DATABASE_URI"] = os.environ.get("DATABASE_URL", "sqlite:///data.db")
+app.config["SQLALCHEMY_TRACK_MODIFICATIONS"] = False
+db = SQLAlchemy(app)
+migrate = Migrate(app, db)
+manager = Manager(app)
+manager.add_command("db", MigrateCommand)
+
+
+class Teams(db.Model):
+    id = db.Column(db.Integer, primary_key=True)
+    name = db.Column(db.String(80), unique=True, nullable=False)
+
+
+class Users(db.Model):
+    id = db.Column(db.Integer, primary_key=True)
+    name = db.Column(db.String(80), unique=True, nullable=False)
+    team_id = db.Column(db.Integer, db.ForeignKey("teams.id"))
+
+
+class Challenges(db.Model):
+    id = db.Column(db.Integer, primary_key=True)
+    name = db.Column(db.String(80), nullable=False)
+    points = db.Column(db.Integer)
+    category = db.Column(db.String(80))
+
+
+class Solves(db.Model):
+    __table_args__ = (db.UniqueConstraint("challenge_id", "user_id"),
+                      db.UniqueConstraint("challenge_id", "team_id"))
+    id = db.Column(db.Integer, primary_key=True)
+    challenge_id = db.Column(db.Integer, db.ForeignKey("challenges.id"))
+    user_id = db.Column(db.Integer, db.ForeignKey("users.id"))
+    team_id = db.Column(db.Integer, db.ForeignKey("teams.id", ondelete="CASCADE"))
+    date = db.Column(db.DateTime, server_default="1970-01-01 00:00:00")
+
+
+class Awards(db.Model):
+    __table_args__ = (db.UniqueConstraint("user_id", "date", name="awards_user_id_date_key"),)
+    id = db.Column(db.Integer, primary_key=True)
+    user_id = db.Column(db.Integer, db.ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    value = db.Column(db.Integer)
+    date = db.Column(db.DateTime)
+
+
+if __name__ == "__main__":
+    manager.run()
