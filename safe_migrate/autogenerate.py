@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import renderers
 from alembic.operations import ops
 
+from .errors import MigrationError
 from .names import NamesOnly
 
 
@@ -20,6 +21,14 @@ def x_values(x_arg, key: str) -> list[str]:
 def ask(question: str) -> bool:
     """Ask on the terminal; anything but yes is no."""
     return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
+def insist_on_yes(what: str, question: str, action: str, outcome: str) -> None:
+    """Go on only with a yes: asked on a terminal; elsewhere a one-line error naming -x yes."""
+    if not sys.stdin.isatty():
+        raise MigrationError(f"{what}; {outcome}. To go ahead, add -x yes")
+    if not ask(f"{what}. {question}"):
+        raise MigrationError(f"{action} cancelled; {outcome}")
 
 
 def count_rows(connection, table: str, null_in: str | None = None) -> int:

@@ -247,7 +247,7 @@ def repair(directory=None):
 def restore(snapshot, x_arg=None):
     """Put a snapshot from backups/ back in place of the SQLite database (it asks first if
     the database has rows the snapshot lacks)"""
-    from .autogenerate import ask
+    from .autogenerate import insist_on_yes
     from .runner import revision_label
     from .sqlite import is_read_only
 
@@ -282,10 +282,7 @@ def restore(snapshot, x_arg=None):
         if lost and "yes" not in x_arg:
             what = (f"{path.name} has rows that {snapshot.name} lacks, which a restore loses: "
                     + ", ".join(f"{table} ({rows} rows)" for table, rows in lost.items()))
-            if not sys.stdin.isatty():
-                raise MigrationError(f"{what}; nothing changed. To go ahead, add -x yes")
-            if not ask(f"{what}. Restore?"):
-                raise MigrationError("restore cancelled; nothing changed")
+            insist_on_yes(what, "Restore?", "restore", "nothing changed")
         undo = take_snapshot(path, f"{revision_label(heads)}-restore", budget.left)
         try:
             restore_into(snapshot, path, budget.left)

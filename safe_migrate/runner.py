@@ -11,13 +11,12 @@ from __future__ import annotations
 import ast
 import logging
 import sqlite3
-import sys
 from contextlib import closing, nullcontext, suppress
 from pathlib import Path
 
 import sqlalchemy as sa
 
-from .autogenerate import ask, count_rows, revision_directives_hook, x_values
+from .autogenerate import count_rows, insist_on_yes, revision_directives_hook, x_values
 from .checksums import CHECKSUM_TABLE, record_checksum, verify_checksums
 from .errors import MigrationError
 from .extension import MigrateState, current_state
@@ -217,10 +216,7 @@ class Run:
             return
         what = (f"the downgrade of {step.up_revision_id} dropped "
                 + ", ".join(f"{table} ({rows} rows)" for table, rows in gone.items()))
-        if not sys.stdin.isatty():
-            raise MigrationError(f"{what}; that revision was rolled back. To go ahead, add -x yes")
-        if not ask(f"{what}. Keep it?"):
-            raise MigrationError("downgrade cancelled; that revision was rolled back")
+        insist_on_yes(what, "Keep it?", "downgrade", "that revision was rolled back")
         for table in gone:
             del self.rows_held[table]
 
@@ -305,10 +301,7 @@ def confirm_downgrade(holding_rows: dict, destination: str, x_arg) -> bool:
     what = "downgrade to base" if destination == "base" else "this downgrade"
     if holding_rows:
         what += " drops " + ", ".join(f"{t} ({n} rows)" for t, n in holding_rows.items())
-    if not sys.stdin.isatty():
-        raise MigrationError(f"{what}; nothing changed. To go ahead, add -x yes")
-    if not ask(f"{what}. Continue?"):
-        raise MigrationError("downgrade cancelled; nothing changed")
+    insist_on_yes(what, "Continue?", "downgrade", "nothing changed")
     return True
 
 

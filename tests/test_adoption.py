@@ -3,44 +3,17 @@ Flask-Migrate 2.7 come under the tool with no spurious revision, and its old rev
 with the names they were written for."""
 import shutil
 import sys
-import textwrap
 
 import pytest
 from conftest import ROOT
 
-BARE_APP = '''
-    """The tutorial's module as published: bare Flask-Migrate 2.7, no safe_migrate."""
-    import os
 
-    from flask import Flask
-    from flask_migrate import Migrate, MigrateCommand
-    from flask_script import Manager
-    from flask_sqlalchemy import SQLAlchemy
-
-    app = Flask(__name__)
-    app.config["SQLALCHEMY_DATABASE_URI"] = os.environ.get("DATABASE_URL", "sqlite:///data.db")
-    app.config["SQLALCHEMY_TRACK_MODIFICATIONS"] = False
-    db = SQLAlchemy(app)
-    migrate = Migrate(app, db)
-    manager = Manager(app)
-    manager.add_command("db", MigrateCommand)
-
-
-    class Employee(db.Model):
-        id = db.Column(db.Integer, primary_key=True)
-        name = db.Column(db.String, unique=True, nullable=False)
-        age = db.Column(db.Integer, unique=False, nullable=True)
-
-
-    class Company(db.Model):
-        cid = db.Column(db.Integer, primary_key=True)
-        cname = db.Column(db.String, unique=True, nullable=False)
-        clocation = db.Column(db.String, unique=False, nullable=False)
-
-
-    if __name__ == "__main__":
-        manager.run()
-'''
+def bare_app():
+    """The tutorial's module as published (bench/tutorial_app.py: bare Flask-Migrate 2.7, no
+    safe_migrate), reading DATABASE_URL as ours does."""
+    text = (ROOT / "bench" / "tutorial_app.py").read_text()
+    return "import os\n" + text.replace(
+        '"sqlite:///data.db"', 'os.environ.get("DATABASE_URL", "sqlite:///data.db")')
 
 
 @pytest.fixture
@@ -48,7 +21,7 @@ def built_by_flask_migrate(make_project, database_url):
     """A project whose history and database bare Flask-Migrate made, with rows, then handed
     to the tool as the README says: its env.py replaced by the package's."""
     project = make_project(database_url=database_url, with_migrations=False)
-    (project.path / "bare_app.py").write_text(textwrap.dedent(BARE_APP))
+    (project.path / "bare_app.py").write_text(bare_app())
     for step in (["init"], ["migrate", "-m", "tutorial"], ["upgrade"]):
         code, output = project.run(sys.executable, "bare_app.py", "db", *step)
         assert code == 0, output
