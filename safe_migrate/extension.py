@@ -14,7 +14,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from flask import current_app
 
-from . import sqlite
+from . import postgres, sqlite
 from .errors import MigrationError, describe
 from .locks import WaitBudget, migration_lock
 from .settings import Settings
@@ -150,6 +150,8 @@ class MigrateState:
     def listen(self, engine: sa.engine.Engine) -> sa.engine.Engine:
         if engine.dialect.name == "sqlite":
             sqlite.install(engine, self.check_missing_file)
+        elif engine.dialect.name == "postgresql":
+            postgres.install(engine)
         return engine
 
     def check_missing_file(self) -> str | None:

@@ -9,8 +9,10 @@ confirmed) and snapshot a SQLite file.
 from __future__ import annotations
 
 import ast
+import functools
 import logging
 import sqlite3
+import time
 from contextlib import closing, nullcontext, suppress
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from .autogenerate import count_rows, insist_on_yes, revision_directives_hook, x
 from .checksums import CHECKSUM_TABLE, record_checksum, verify_checksums
 from .errors import MigrationError
 from .extension import MigrateState, current_state
+from .postgres import retrying
 from .snapshots import IDENTITY_TABLE, give_identity, rotate_snapshots, take_snapshot
 from .sqlite_copies import originals, restore_lost_objects
 
@@ -34,9 +37,12 @@ BOOKKEEPING = {"alembic_version", CHECKSUM_TABLE, IDENTITY_TABLE}
 class QuietStart(logging.Filter):
     """Alembic's lines at the start of every command ("Context impl SQLiteImpl.", "Will
     assume transactional DDL.", one per autogenerate plugin where an alembic.ini older than
-    Alembic 1.19 leaves them at INFO) say nothing a user can act on."""
+    Alembic 1.19 leaves them at INFO) say nothing a user can act on. Its "Running upgrade
+    a -> b" line comes when the revision ends instead, with its time (Run.time_and_retry)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == "Running %s" and getattr(record.args[0], "safe_migrate_timed", False):
+            return False
         return not str(record.msg).startswith(
             ("Context impl", "Will assume", "setting up autogenerate plugin"))
 
@@ -78,7 +84,8 @@ def run_online(context, state: MigrateState) -> None:
         state.engine.connect().close()  # a missing file fails here, before any lock file
         budget = state.wait_budget()
         lock = state.lock(budget) if command in LOCKED else nullcontext()
-        migration = state.engine.execution_options(migration=True, lock_budget=budget)
+        migration = state.engine.execution_options(
+            migration=True, lock_budget=budget, migration_settings=state.settings)
         with lock, migration.connect() as connection:
             Run(context, state, connection, existed, command).run()
     except BaseException:
@@ -168,9 +175,32 @@ class Run:
                 verify_checksums(self.context.script, self.connection)
             if revisions:
                 self.before_revisions(heads, revisions)
+            for step in revisions:
+                self.time_and_retry(step)
             return planned
 
         return checked_steps
+
+    def time_and_retry(self, step) -> None:
+        """Log the revision's line when it ends, with its time; on PostgreSQL, retry it when a
+        lock is not granted within MIGRATE_PG_LOCK_TIMEOUT."""
+        run = step.migration_fn
+        if self.connection.dialect.name == "postgresql":
+            run = retrying(run, self.connection, self.state.settings, Path(step.revision.path).name)
+        log = logging.getLogger("alembic.runtime.migration")
+        step.safe_migrate_timed = True  # RevisionLines leaves its start line out
+
+        @functools.wraps(step.migration_fn)  # Alembic's log line names it: upgrade, downgrade
+        def timed(**kwargs):
+            start = time.monotonic()
+            try:
+                run(**kwargs)
+            except BaseException:
+                log.info("Running %s ... failed after %.2f s", step, time.monotonic() - start)
+                raise
+            log.info("Running %s ... %.2f s", step, time.monotonic() - start)
+
+        step.migration_fn = timed
 
     def before_revisions(self, heads, steps) -> None:
         """The last checks, the question and the snapshot, before the first revision runs."""

@@ -21,6 +21,16 @@ def seconds(name: str, default: float) -> float:
     return number
 
 
+def count(name: str, default: int) -> int:
+    """A whole number, 0 or more, from the environment variable `name`."""
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    if not value.strip().isdigit():
+        raise MigrationError(f"{name} must be a whole number, not {value!r}")
+    return int(value)
+
+
 class Settings:
     """What MIGRATE_* environment variables say, with their defaults."""
 
@@ -31,3 +41,9 @@ class Settings:
         # forever); libpq takes whole seconds.
         self.connect_timeout = max(1, round(seconds("MIGRATE_CONNECT_TIMEOUT", 10.0)))
         self.snapshots_kept = 10
+        # PostgreSQL: how long a revision's statement may wait for a table's lock before the
+        # revision is rolled back and retried, how many times, and an optional limit on any
+        # one statement (0: none).
+        self.pg_lock_timeout = seconds("MIGRATE_PG_LOCK_TIMEOUT", 2.0)
+        self.pg_lock_retries = count("MIGRATE_PG_LOCK_RETRIES", 5)
+        self.pg_statement_timeout = seconds("MIGRATE_PG_STATEMENT_TIMEOUT", 0.0)

@@ -150,6 +150,18 @@ def test_a_timeout_must_be_finite_and_not_negative(monkeypatch, value):
         settings.seconds("MIGRATE_LOCK_TIMEOUT", 60)
 
 
+@pytest.mark.parametrize("value", ["-1", "2.5", "many", ""])
+def test_a_retry_count_must_be_a_whole_number(monkeypatch, value):
+    monkeypatch.setenv("MIGRATE_PG_LOCK_RETRIES", value)
+    with pytest.raises(MigrationError, match="MIGRATE_PG_LOCK_RETRIES must be a whole number"):
+        settings.count("MIGRATE_PG_LOCK_RETRIES", 5)
+
+
+def test_a_retry_count(monkeypatch):
+    monkeypatch.setenv("MIGRATE_PG_LOCK_RETRIES", "3")
+    assert settings.count("MIGRATE_PG_LOCK_RETRIES", 5) == 3
+
+
 def test_a_timeout_defaults(monkeypatch):
     monkeypatch.delenv("MIGRATE_LOCK_TIMEOUT", raising=False)
     assert settings.seconds("MIGRATE_LOCK_TIMEOUT", 60) == 60

@@ -1,0 +1,83 @@
+"""PostgreSQL revisions that cannot pile up a lock queue.
+
+An ALTER TABLE waiting for its ACCESS EXCLUSIVE lock behind one long transaction blocks
+every later query on the table. So each revision's transaction sets a short `lock_timeout`
+(MIGRATE_PG_LOCK_TIMEOUT, 2 s) and, optionally, a `statement_timeout`; when the lock timeout
+fires, the revision's work is rolled back to a savepoint taken at its start (which releases
+every lock it took) and tried again after a pause, a bounded number of times
+(MIGRATE_PG_LOCK_RETRIES), each retry printed with the sessions that held the table.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import sqlalchemy as sa
+
+from .errors import MigrationError
+from .settings import Settings
+
+LOCK_NOT_AVAILABLE = "55P03"
+
+
+def on_begin(connection) -> None:
+    """Each migration transaction (one per revision) gets the timeouts."""
+    settings = connection.get_execution_options().get("migration_settings")
+    if settings is None:
+        return
+    connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{milliseconds(settings.pg_lock_timeout)}'")
+    if settings.pg_statement_timeout:
+        connection.exec_driver_sql(
+            f"SET LOCAL statement_timeout = '{milliseconds(settings.pg_statement_timeout)}'")
+
+
+def milliseconds(seconds: float) -> str:
+    return f"{int(seconds * 1000)}ms"
+
+
+def install(engine: sa.engine.Engine) -> None:
+    """Put the listener on this engine (once)."""
+    if not sa.event.contains(engine, "begin", on_begin):
+        sa.event.listen(engine, "begin", on_begin)
+
+
+def is_lock_timeout(exc: BaseException) -> bool:
+    return getattr(getattr(exc, "orig", None), "pgcode", None) == LOCK_NOT_AVAILABLE
+
+
+def retrying(run, connection, settings: Settings, label: str):
+    """`run` (a revision's upgrade or downgrade), retried when its lock timeout fires."""
+    def run_until_locked(**kwargs):
+        for attempt in range(settings.pg_lock_retries + 1):
+            try:
+                with connection.begin_nested():
+                    return run(**kwargs)
+            except sa.exc.OperationalError as exc:
+                if not is_lock_timeout(exc):
+                    raise
+                held_by = blockers(connection, exc.statement or "")
+                if attempt == settings.pg_lock_retries:
+                    raise MigrationError(
+                        f"{label}: could not lock a table within {settings.pg_lock_timeout:g} s "
+                        f"(MIGRATE_PG_LOCK_TIMEOUT), {attempt + 1} times; held by {held_by}; "
+                        "that revision was rolled back") from None
+                pause = min(0.5 * 2 ** attempt, 10.0)
+                print(f"{label}: waited {settings.pg_lock_timeout:g} s for a lock held by "
+                      f"{held_by}; rolled back, retrying in {pause:g} s "
+                      f"({attempt + 1} of {settings.pg_lock_retries})", file=sys.stderr)
+                time.sleep(pause)  # the backoff itself, not a synchronisation
+    return run_until_locked
+
+
+def blockers(connection, statement: str) -> str:
+    """The other sessions holding locks on the tables the failed statement names."""
+    rows = connection.execute(sa.text(
+        "SELECT DISTINCT a.pid, a.state, left(regexp_replace(a.query, '\\s+', ' ', 'g'), 80)"
+        " AS query FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        " JOIN pg_class c ON c.oid = l.relation"
+        " WHERE l.granted AND l.pid <> pg_backend_pid() AND c.relkind = 'r'"
+        " AND position(c.relname IN :statement) > 0 ORDER BY a.pid"),
+        {"statement": statement}).all()
+    if not rows:
+        return "a session that has ended"
+    return ", ".join(f"pid {r.pid} ({r.state}: {r.query})" for r in rows)
