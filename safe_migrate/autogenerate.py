@@ -10,6 +10,7 @@ from alembic.autogenerate import renderers
 from alembic.operations import ops
 
 from .errors import MigrationError
+from .lock_hazards import lock_hazards
 from .names import NamesOnly
 
 
@@ -265,6 +266,9 @@ def revision_directives_hook(x_arg, autogenerate: bool):
                 f"{old} is dropped and {new} created: {lost} is lost. If it is a rename, "
                 f"run again with -x rename={old}:{new.rpartition('.')[2]}")
         warnings += data_loss_warnings(script, context.connection)
+        if context.connection.dialect.name == "postgresql":
+            warnings += [f"lock hazard: {line}" for line in lock_hazards(
+                each_op(script.upgrade_ops), lambda table: count_rows(context.connection, table))]
         for warning in warnings:
             print(f"WARNING: {warning}", file=sys.stderr)
 

@@ -293,3 +293,34 @@ def test_sqlite_internal_tables_are_not_drift(sqlite_project):
     code, output = project.db("migrate", "-m", "nothing")
     assert code == 0 and "No changes in schema detected" in output, output
     assert versions(project) == before
+
+
+def test_lock_hazards_are_named_on_postgresql(populated, backend):
+    project = populated
+    project.edit_module("    age = db.Column(db.Integer, unique=False, nullable=True)\n",
+                        "    age = db.Column(db.BigInteger, unique=False, nullable=False, "
+                        "index=True)\n"
+                        "    token = db.Column(db.String, server_default=db.text("
+                        "\"md5(random()::text)\"))\n")
+    project.execute("UPDATE employee SET age = 30")
+
+    code, output = project.db("migrate", "-m", "hazards")
+
+    assert code == 0, output
+    hazards = [line for line in output.splitlines() if line.startswith("WARNING: lock hazard")]
+    if backend == "sqlite":  # no lock queue to pile up: SQLite locks the whole file
+        assert hazards == [], output
+        return
+    assert hazards == [
+        ("WARNING: lock hazard: adding employee.token with a volatile default rewrites employee "
+        "(1000 rows) under an ACCESS EXCLUSIVE lock; add it without a default, fill it in "
+        "batches, then set the default"),
+        ("WARNING: lock hazard: changing the type of employee.age to BIGINT may rewrite employee "
+        "(1000 rows) under an ACCESS EXCLUSIVE lock; add a new column, fill it in batches, then "
+        "switch"),
+        ("WARNING: lock hazard: SET NOT NULL on employee.age scans employee (1000 rows) under an "
+        "ACCESS EXCLUSIVE lock; first add CHECK (age IS NOT NULL) NOT VALID and VALIDATE it"),
+        ("WARNING: lock hazard: CREATE INDEX ix_employee_age blocks writes to employee (1000 "
+        "rows) while it builds; create it with postgresql_concurrently=True inside "
+        "op.get_context().autocommit_block()"),
+    ], output

@@ -10,6 +10,7 @@ from alembic.operations import ops
 from safe_migrate import autogenerate, errors, settings
 from safe_migrate.cli import COMMANDS, DbCommand, click_param
 from safe_migrate.errors import MigrationError, describe, mask_passwords
+from safe_migrate.lock_hazards import hazards, lock_hazards
 
 # --- -x options and renames ---------------------------------------------------------------
 
@@ -182,3 +183,15 @@ def test_both_clis_take_the_same_options(name):
 def test_sqlites_full_disk_error_says_disk_full():
     assert describe(sqlite3.OperationalError("database or disk is full")) == (
         "disk full: OperationalError: database or disk is full")
+
+
+# --- lock hazards of a PostgreSQL revision ------------------------------------------------
+
+
+def test_a_foreign_key_without_not_valid_is_a_lock_hazard():
+    plain = ops.CreateForeignKeyOp("fk_a_b", "a", "b", ["b_id"], ["id"])
+    not_valid = ops.CreateForeignKeyOp("fk_a_b", "a", "b", ["b_id"], ["id"],
+                                       postgresql_not_valid=True)
+    assert "postgresql_not_valid=True" in hazards(plain, 10)[0]
+    assert hazards(not_valid, 10) == []
+    assert lock_hazards([plain], lambda table: 0) == []  # an empty table locks nobody for long
