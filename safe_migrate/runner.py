@@ -23,7 +23,13 @@ from .checksums import CHECKSUM_TABLE, record_checksum, verify_checksums
 from .errors import MigrationError
 from .extension import MigrateState, current_state
 from .postgres import retrying
-from .snapshots import IDENTITY_TABLE, give_identity, rotate_snapshots, take_snapshot
+from .snapshots import (
+    IDENTITY_TABLE,
+    give_identity,
+    has_identity,
+    rotate_snapshots,
+    take_snapshot,
+)
 from .sqlite_copies import originals, restore_lost_objects
 
 # What connecting does about a missing SQLite file, by command (see MigrateState.missing).
@@ -214,6 +220,10 @@ class Run:
             # holds rows, after_revision notices it before the revision commits.
             self.rows_held = tables_holding_rows(self.connection)
         if self.file_existed and "off" not in x_values(self.x_arg, "backup"):
+            if not has_identity(self.connection):  # the snapshot must carry it (db restore)
+                with self.connection.begin():
+                    give_identity(self.connection)
+            self.identified = True
             budget = self.connection.get_execution_options()["lock_budget"]
             take_snapshot(self.state.path, f"{revision_label(heads)}-{destination}",
                           budget.left)

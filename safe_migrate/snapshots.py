@@ -136,6 +136,12 @@ def identity(conn: sqlite3.Connection) -> str | None:
     return row[0] if row else None
 
 
+def has_identity(connection: sa.engine.Connection) -> bool:
+    if not sa.inspect(connection).has_table(IDENTITY_TABLE):
+        return False
+    return connection.exec_driver_sql(f"SELECT id FROM {IDENTITY_TABLE}").first() is not None
+
+
 def give_identity(connection: sa.engine.Connection) -> None:
     """Record a random identity in this database, once (in a revision's transaction)."""
     connection.exec_driver_sql(

@@ -512,3 +512,16 @@ def test_restore_waits_for_a_reader_no_longer_than_the_lock_timeout(at_head_with
     assert elapsed < 10, elapsed
     assert file_hash(database) == before
     assert snapshots(project) == [snapshot]
+
+
+def test_a_database_from_before_identities_gets_one_before_its_snapshot(sqlite_project):
+    project = sqlite_project
+    assert project.db("upgrade")[0] == 0
+    project.execute("DROP TABLE migration_database")  # as an earlier version left it
+    assert project.db("downgrade")[0] == 0
+    [snapshot] = snapshots(project)
+
+    code, output = project.db("restore", snapshot)
+
+    assert code == 0, output
+    assert project.version() == project.revisions()[-1]
