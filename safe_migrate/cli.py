@@ -44,6 +44,12 @@ SQL = opt("--sql", flag=True, help="Don't emit SQL to database - dump to standar
 TAG = opt("--tag", help="Arbitrary 'tag' name - can be used by custom env.py scripts")
 MESSAGE = opt("-m", "--message", help="Revision message")
 VERBOSE = opt("-v", "--verbose", flag=True, help="Use more verbose output")
+REHEARSE = [
+    opt("--rehearse", flag=True, help="run it on a copy of the SQLite file and report each "
+                                      "revision's time and rows; the database is not changed"),
+    opt("--round-trip", flag=True, help="rehearse, then go back and run it again, checking "
+                                        "that every table keeps its rows"),
+]
 NEW_REVISION = [
     opt("--head", default="head", help="Specify head revision or <branchname>@head to base new "
                                        "revision on"),
@@ -66,9 +72,9 @@ COMMANDS = {
         "Specify a branch label to apply to the new revision")), opt("--rev-id", help=(
             "Specify a hardcoded revision id instead of generating one")),
         opt("revisions", nargs="+", help="one or more revisions, or 'heads' for all heads")]),
-    "upgrade": (commands.upgrade, [DIRECTORY, SQL, TAG, X_ARG, opt(
+    "upgrade": (commands.upgrade, [DIRECTORY, SQL, TAG, X_ARG, *REHEARSE, opt(
         "revision", nargs="?", default="head", help="revision identifier")]),
-    "downgrade": (commands.downgrade, [DIRECTORY, SQL, TAG, X_ARG, opt(
+    "downgrade": (commands.downgrade, [DIRECTORY, SQL, TAG, X_ARG, *REHEARSE, opt(
         "revision", nargs="?", default="-1", help="revision identifier")]),
     "show": (commands.show, [DIRECTORY, opt("revision", nargs="?", default="head",
                                             help="revision identifier")]),

@@ -26,6 +26,7 @@ from .extension import current_state
 from .revisions import database_heads, revision_index
 from .snapshots import (
     check_snapshot,
+    copy_database,
     identity,
     read_only,
     restore_into,
@@ -95,13 +96,47 @@ def merge(directory=None, revisions="", message=None, branch_label=None, rev_id=
                   rev_id=rev_id)
 
 
-def upgrade(directory=None, revision="head", sql=False, tag=None, x_arg=None):
-    """Upgrade to a later version (a SQLite file is snapshotted first; -x backup=off skips)"""
+def upgrade(directory=None, revision="head", sql=False, tag=None, x_arg=None, rehearse=False,
+            round_trip=False):
+    """Upgrade to a later version (a SQLite file is snapshotted first; -x backup=off skips;
+    --rehearse runs it on a copy and reports)"""
+    if rehearse or round_trip:
+        return rehearse_run("upgrade", directory, revision, x_arg, round_trip)
     if not sql and revision in ("head", "heads") and nothing_to_upgrade(directory):
         return
     from alembic import command
 
     command.upgrade(config(directory, x_arg, command="upgrade"), revision, sql=sql, tag=tag)
+
+
+def rehearse_run(kind: str, directory, revision: str, x_arg, round_trip: bool) -> None:
+    """Run `kind` (upgrade or downgrade) to `revision` on a copy of the SQLite file; with
+    round_trip, go back and run it again, and compare every table's rows."""
+    from alembic import command
+
+    from .rehearsal import on_a_copy
+    from .runner import revision_label
+
+    state = current_state()
+    x_arg = [*(x_arg or []), "backup=off"]
+    with on_a_copy(state) as copy:
+        with state.engine.connect() as conn:
+            start = revision_label(database_heads(conn))
+        forward = getattr(command, kind)
+        back = command.downgrade if kind == "upgrade" else command.upgrade
+        forward(config(directory, x_arg, command=kind), revision)
+        if round_trip:
+            first = copy.with_name("first-run.db")
+            copy_database(copy, first, 0o600, state.settings.lock_timeout)
+            back(config(directory, [*x_arg, "yes"], command=kind), start)
+            forward(config(directory, x_arg, command=kind), revision)
+            lost = rows_only_in(first, copy, state.settings.lock_timeout)
+            if lost:
+                raise MigrationError("the round trip lost rows: " + ", ".join(
+                    f"{table} ({rows} rows)" for table, rows in lost.items()))
+            print(f"Round trip: back to {start} and {kind} again; every row is as the first "
+                  f"{kind} left it")
+    print(f"Rehearsal done: {state.path} was not changed")
 
 
 def nothing_to_upgrade(directory) -> bool:
@@ -123,9 +158,13 @@ def nothing_to_upgrade(directory) -> bool:
                for revision, checksum in recorded.items())
 
 
-def downgrade(directory=None, revision="-1", sql=False, tag=None, x_arg=None):
+def downgrade(directory=None, revision="-1", sql=False, tag=None, x_arg=None, rehearse=False,
+              round_trip=False):
     """Revert to a previous version (a SQLite file is snapshotted first; -x backup=off
-    skips; to base, or dropping tables that hold rows, asks first: -x yes answers)"""
+    skips; to base, or dropping tables that hold rows, asks first: -x yes answers;
+    --rehearse runs it on a copy and reports)"""
+    if rehearse or round_trip:
+        return rehearse_run("downgrade", directory, revision, x_arg, round_trip)
     from alembic import command
 
     if sql and revision == "-1":

@@ -104,6 +104,7 @@ class MigrateState:
         # What connecting does when the SQLite file is missing: "refuse" (it may be a typo),
         # "create" (`db upgrade`, `db stamp`), or "compare with empty" (`db migrate`).
         self.missing = "refuse"
+        self.rehearsal_engine: sa.engine.Engine | None = None
         is_sqlite = self.url.get_backend_name() == "sqlite"
         self.configure_args = {
             # SQLite cannot ALTER most things, so autogenerate writes batch_alter_table
@@ -144,7 +145,10 @@ class MigrateState:
 
     @property
     def engine(self) -> sa.engine.Engine:
-        """The app's own engine, with this package's SQLite listeners on it."""
+        """The app's own engine, with this package's SQLite listeners on it (during
+        `--rehearse`, the engine of the copy instead)."""
+        if self.rehearsal_engine is not None:
+            return self.rehearsal_engine
         return self.listen(self.db.get_engine(self.app))
 
     def listen(self, engine: sa.engine.Engine) -> sa.engine.Engine:

@@ -23,6 +23,7 @@ from .checksums import CHECKSUM_TABLE, record_checksum, verify_checksums
 from .errors import MigrationError
 from .extension import MigrateState, current_state
 from .postgres import retrying
+from .rehearsal import rows_before_after
 from .snapshots import (
     IDENTITY_TABLE,
     give_identity,
@@ -198,6 +199,7 @@ class Run:
 
         @functools.wraps(step.migration_fn)  # Alembic's log line names it: upgrade, downgrade
         def timed(**kwargs):
+            rows = all_rows(self.connection) if self.state.rehearsal_engine else None
             start = time.monotonic()
             try:
                 run(**kwargs)
@@ -205,6 +207,8 @@ class Run:
                 log.info("Running %s ... failed after %.2f s", step, time.monotonic() - start)
                 raise
             log.info("Running %s ... %.2f s", step, time.monotonic() - start)
+            if rows is not None:
+                log.info("  rows: %s", rows_before_after(rows, all_rows(self.connection)))
 
         step.migration_fn = timed
 
@@ -348,6 +352,13 @@ def confirm_downgrade(holding_rows: dict, destination: str, x_arg) -> bool:
 def tables_holding_rows(connection) -> dict:
     """{table: rows} for every table of the database that holds rows."""
     return holding_rows(connection, sa.inspect(connection).get_table_names())
+
+
+def all_rows(connection) -> dict:
+    """{table: rows} for every table of the app."""
+    return {table: count_rows(connection, table)
+            for table in sa.inspect(connection).get_table_names()
+            if table not in BOOKKEEPING and not table.startswith("sqlite_")}
 
 
 def holding_rows(connection, tables) -> dict:
