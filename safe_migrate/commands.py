@@ -119,6 +119,8 @@ def rehearse_run(kind: str, directory, revision: str, x_arg, round_trip: bool) -
 
     state = current_state()
     x_arg = [*(x_arg or []), "backup=off"]
+    if state.path is None:
+        return rehearse_in_a_transaction(kind, directory, revision, x_arg, round_trip)
     with on_a_copy(state) as copy:
         with state.engine.connect() as conn:
             start = revision_label(database_heads(conn))
@@ -137,6 +139,35 @@ def rehearse_run(kind: str, directory, revision: str, x_arg, round_trip: bool) -
             print(f"Round trip: back to {start} and {kind} again; every row is as the first "
                   f"{kind} left it")
     print(f"Rehearsal done: {state.path} was not changed")
+
+
+def rehearse_in_a_transaction(kind: str, directory, revision: str, x_arg, round_trip: bool):
+    """PostgreSQL's rehearsal: everything in one transaction, rolled back."""
+    from alembic import command
+
+    from .rehearsal import in_one_transaction, keep_rows, rows_lost
+    from .runner import all_rows, revision_label
+
+    state = current_state()
+    if state.url.get_backend_name() != "postgresql":
+        raise MigrationError("--rehearse works on SQLite files and PostgreSQL")
+    with in_one_transaction(state) as conn:
+        start = revision_label(database_heads(conn))
+        forward = getattr(command, kind)
+        back = command.downgrade if kind == "upgrade" else command.upgrade
+        forward(config(directory, x_arg, command=kind), revision)
+        if round_trip:
+            tables = list(all_rows(conn))
+            keep_rows(conn, tables)
+            back(config(directory, [*x_arg, "yes"], command=kind), start)
+            forward(config(directory, x_arg, command=kind), revision)
+            lost = rows_lost(conn, tables)
+            if lost:
+                raise MigrationError("the round trip lost rows: " + ", ".join(
+                    f"{table} ({rows} rows)" for table, rows in lost.items()))
+            print(f"Round trip: back to {start} and {kind} again; every row is as the first "
+                  f"{kind} left it")
+    print("Rehearsal done: rolled back, the database was not changed")
 
 
 def nothing_to_upgrade(directory) -> bool:

@@ -104,7 +104,10 @@ class MigrateState:
         # What connecting does when the SQLite file is missing: "refuse" (it may be a typo),
         # "create" (`db upgrade`, `db stamp`), or "compare with empty" (`db migrate`).
         self.missing = "refuse"
+        # --rehearse: the engine of a SQLite copy, or the connection of a PostgreSQL
+        # transaction that will be rolled back (see rehearsal.py).
         self.rehearsal_engine: sa.engine.Engine | None = None
+        self.rehearsal_connection: sa.engine.Connection | None = None
         is_sqlite = self.url.get_backend_name() == "sqlite"
         self.configure_args = {
             # SQLite cannot ALTER most things, so autogenerate writes batch_alter_table
@@ -122,6 +125,10 @@ class MigrateState:
         }
         self.set_engine_options(app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {}))
         self.listen(self.db.get_engine(app))  # before anything connects
+
+    @property
+    def rehearsing(self) -> bool:
+        return self.rehearsal_engine is not None or self.rehearsal_connection is not None
 
     @property
     def metadata(self) -> sa.MetaData:

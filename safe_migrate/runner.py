@@ -23,7 +23,7 @@ from .checksums import CHECKSUM_TABLE, record_checksum, verify_checksums
 from .errors import MigrationError
 from .extension import MigrateState, current_state
 from .postgres import retrying
-from .rehearsal import rows_before_after
+from .rehearsal import LockWatch, rows_before_after
 from .snapshots import (
     IDENTITY_TABLE,
     give_identity,
@@ -85,6 +85,9 @@ def run_online(context, state: MigrateState) -> None:
     # Our commands say which command runs (Config.attributes is Alembic's way to pass things
     # to env.py); a run started some other way gets the careful defaults.
     command = context.config.attributes.get("safe_migrate.command")
+    if state.rehearsal_connection is not None:  # in the rehearsal's own transaction
+        Run(context, state, state.rehearsal_connection, True, command).run()
+        return
     existed = state.path is not None and state.path.exists()
     state.missing = MISSING_FILE.get(command, "refuse")
     try:
@@ -137,10 +140,13 @@ class Run:
         # Alembic names the constraints a revision leaves unnamed with target_metadata's
         # convention; an old history's revisions must run with the names they were written for.
         convention = self.context.config.get_section("safe_migrate", {}).get("naming_convention")
+        # A PostgreSQL rehearsal runs every revision in the one transaction it rolls back.
+        in_rehearsal = self.connection is self.state.rehearsal_connection
         options = dict(
             connection=self.connection,
             target_metadata=self.state.metadata if autogenerate or convention else sa.MetaData(),
             **{**self.state.configure_args,
+               **({"transaction_per_migration": False} if in_rehearsal else {}),
                "on_version_apply": self.after_revision,
                "include_name": not_our_bookkeeping,
                "process_revision_directives": revision_directives_hook(self.x_arg, autogenerate)})
@@ -151,6 +157,9 @@ class Run:
         # do the same through public names, at the price of every log line twice.)
         migration_context = self.context.get_context()
         migration_context._migrations_fn = self.checked(migration_context.opts["fn"])
+        if in_rehearsal:
+            self.context.run_migrations()
+            return
         try:
             with self.context.begin_transaction():
                 self.context.run_migrations()
@@ -192,6 +201,11 @@ class Run:
         """Log the revision's line when it ends, with its time; on PostgreSQL, retry it when a
         lock is not granted within MIGRATE_PG_LOCK_TIMEOUT."""
         run = step.migration_fn
+        if self.state.rehearsal_connection and "autocommit_block" in Path(step.revision.path).read_text():
+            name = Path(step.revision.path).name
+
+            def run(**kwargs):
+                log.warning("%s runs outside a transaction (autocommit_block): not rehearsed", name)
         if self.connection.dialect.name == "postgresql":
             run = retrying(run, self.connection, self.state.settings, Path(step.revision.path).name)
         log = logging.getLogger("alembic.runtime.migration")
@@ -199,7 +213,9 @@ class Run:
 
         @functools.wraps(step.migration_fn)  # Alembic's log line names it: upgrade, downgrade
         def timed(**kwargs):
-            rows = all_rows(self.connection) if self.state.rehearsal_engine else None
+            rows = all_rows(self.connection) if self.state.rehearsing else None
+            watch = (LockWatch(self.connection, BOOKKEEPING) if self.state.rehearsal_connection
+                     else None)
             start = time.monotonic()
             try:
                 run(**kwargs)
@@ -207,8 +223,11 @@ class Run:
                 log.info("Running %s ... failed after %.2f s", step, time.monotonic() - start)
                 raise
             log.info("Running %s ... %.2f s", step, time.monotonic() - start)
+            locks = watch.report() if watch else []  # before the counts below take locks
             if rows is not None:
                 log.info("  rows: %s", rows_before_after(rows, all_rows(self.connection)))
+            for line in locks:
+                log.info(line)
 
         step.migration_fn = timed
 

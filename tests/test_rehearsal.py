@@ -87,11 +87,86 @@ def test_round_trip_of_the_tutorial_keeps_every_row(pending):
     assert "every row is as the first upgrade left it" in output
 
 
-def test_rehearse_says_it_needs_a_sqlite_file(make_project):
-    project = make_project(database_url="postgresql://nobody@127.0.0.1:1/x")
+WIDEN_AGE = """
+    def upgrade():
+        op.alter_column("employee", "age", type_=sa.BigInteger, existing_type=sa.Integer)
+
+
+    def downgrade():
+        op.alter_column("employee", "age", type_=sa.Integer, existing_type=sa.BigInteger)
+"""
+
+
+@pytest.fixture
+def pending_on_postgresql(make_project, new_pg_database):
+    """On PostgreSQL: the project at its first revision, with rows, and three revisions to go
+    (the tutorial's two and one that rewrites employee)."""
+    project = make_project(database_url=new_pg_database())
+    assert project.db("upgrade", project.revisions()[0])[0] == 0
+    project.populate()
+    project.add_revision("wide0001", WIDEN_AGE)
+    return project
+
+
+@pytest.mark.postgresql
+def test_rehearse_on_postgresql_reports_locks_and_rewrites_and_rolls_back(pending_on_postgresql):
+    project = pending_on_postgresql
+    before = project.state()
 
     code, output = project.db("upgrade", "--rehearse")
 
+    assert code == 0, output
+    assert "Rehearsal done: rolled back, the database was not changed" in output
+    runs = re.findall(r"Running upgrade \S+ -> ([0-9a-z]+).* \.\.\. \d+\.\d\d s", output)
+    assert runs == project.revisions()[1:], output
+    assert output.count("rows: company 1000 -> 1000, employee 1000 -> 1000") == 3, output
+    locks = re.findall(r"locks: (employee AccessExclusiveLock) \(\d+\.\d\d s\)", output)
+    assert len(locks) == 3, output
+    rewrites = re.findall(r"rewritten: (.*)", output)
+    assert rewrites == ["none", "none", "employee"], output
+    assert project.state() == before
+
+
+@pytest.mark.postgresql
+def test_round_trip_on_postgresql(pending_on_postgresql):
+    project = pending_on_postgresql
+    before = project.state()
+
+    code, output = project.db("upgrade", "--round-trip")
+    assert code == 0, output
+    assert "every row is as the first upgrade left it" in output
+
+    project.add_revision("lose0001", """
+        def upgrade():
+            pass
+
+
+        def downgrade():
+            op.execute("DELETE FROM employee WHERE id > 600")
+    """)
+    code, output = project.db("upgrade", "--round-trip")
     assert code == 1
-    assert output == ("Error: --rehearse works on SQLite files only so far; on PostgreSQL, "
-                      "rehearse on a restored copy of the database\n")
+    assert output.splitlines()[-1] == "Error: the round trip lost rows: employee (400 rows)", output
+    assert project.state() == before
+
+
+@pytest.mark.postgresql
+def test_a_revision_that_needs_autocommit_is_named_and_skipped(pending_on_postgresql):
+    project = pending_on_postgresql
+    project.add_revision("conc0001", """
+        def upgrade():
+            with op.get_context().autocommit_block():
+                op.execute("CREATE INDEX CONCURRENTLY ix_employee_age ON employee (age)")
+
+
+        def downgrade():
+            op.execute("DROP INDEX ix_employee_age")
+    """)
+    before = project.state()
+
+    code, output = project.db("upgrade", "--rehearse")
+
+    assert code == 0, output
+    assert ("conc0001_test.py runs outside a transaction (autocommit_block): not rehearsed"
+            in output), output
+    assert project.state() == before
