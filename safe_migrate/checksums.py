@@ -1,5 +1,6 @@
 """Revision checksums: the sha256 of each applied revision's file, kept beside
-alembic_version in `migration_checksums`, so an edited applied revision is noticed."""
+alembic_version in `migration_checksums`, so an edited applied revision is noticed; with
+when it was applied and how long it took (`db history --applied`)."""
 from __future__ import annotations
 
 import hashlib
@@ -18,6 +19,7 @@ checksums = sa.Table(
     sa.Column("revision", sa.String(32), primary_key=True),
     sa.Column("checksum", sa.String(64), nullable=False),
     sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("seconds", sa.Float, nullable=True),  # added later: NULL in older rows
 )
 
 
@@ -25,30 +27,45 @@ def file_checksum(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def has_seconds(connection: sa.engine.Connection) -> bool:
+    return "seconds" in {c["name"] for c in sa.inspect(connection).get_columns(CHECKSUM_TABLE)}
+
+
+def ensure_checksum_table(connection: sa.engine.Connection) -> None:
+    """Create the table, or add the column an earlier version's table lacks."""
+    if not sa.inspect(connection).has_table(CHECKSUM_TABLE):
+        checksums.create(connection)
+    elif not has_seconds(connection):
+        connection.exec_driver_sql(f"ALTER TABLE {CHECKSUM_TABLE} ADD COLUMN seconds FLOAT")
+
+
 def forget_checksums(connection: sa.engine.Connection, revisions=None) -> None:
     """Delete the stored checksums of these revisions (of all, without any)."""
-    checksums.create(connection, checkfirst=True)
     forget = checksums.delete()
     if revisions is not None:
         forget = forget.where(checksums.c.revision.in_(revisions))
     connection.execute(forget)
 
 
-def remember_checksums(connection: sa.engine.Connection, scripts) -> None:
-    """Store the sha256 of each revision script's file, as applied now."""
+def remember_checksums(connection: sa.engine.Connection, scripts,
+                       seconds: float | None = None) -> None:
+    """Store the sha256 of each revision script's file, as applied now (taking `seconds`)."""
     now = datetime.now(UTC)
     for script in scripts:
         connection.execute(checksums.insert().values(
-            revision=script.revision, checksum=file_checksum(script.path), applied_at=now))
+            revision=script.revision, checksum=file_checksum(script.path), applied_at=now,
+            seconds=seconds))
 
 
-def record_checksum(ctx, step, heads, run_args) -> None:
-    """Alembic's on_version_apply hook: in the revision's own transaction, remember the
-    sha256 of an applied revision's file, or forget a reverted one."""
+def record_checksum(ctx, step, seconds: float | None) -> None:
+    """In a revision's own transaction (Alembic's on_version_apply hook), remember the
+    sha256 of an applied revision's file and how long it took, or forget a reverted one.
+    (The table must exist: ensure_checksum_table.)"""
     forget_checksums(ctx.connection, step.up_revision_ids)
     if step.is_upgrade:
         remember_checksums(ctx.connection,
-                           [step.revision_map.get_revision(r) for r in step.up_revision_ids])
+                           [step.revision_map.get_revision(r) for r in step.up_revision_ids],
+                           seconds)
 
 
 def verify_checksums(script, connection: sa.engine.Connection) -> None:
@@ -74,7 +91,9 @@ def recorded_checksums(connection: sa.engine.Connection) -> dict:
 
 
 def applied_dates(connection: sa.engine.Connection) -> dict:
-    """{revision: when it was applied} for this database."""
+    """{revision: (when it was applied, how many seconds it took or None)} for this database."""
     if not sa.inspect(connection).has_table(CHECKSUM_TABLE):
         return {}
-    return dict(connection.execute(sa.select(checksums.c.revision, checksums.c.applied_at)).all())
+    seconds = checksums.c.seconds if has_seconds(connection) else sa.null()
+    rows = connection.execute(sa.select(checksums.c.revision, checksums.c.applied_at, seconds))
+    return {revision: (when, took) for revision, when, took in rows}

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from .checksums import (
     applied_dates,
+    ensure_checksum_table,
     file_checksum,
     forget_checksums,
     recorded_checksums,
@@ -222,9 +223,11 @@ def history(directory=None, rev_range=None, verbose=False, indicate_current=Fals
     with current_state().engine.connect() as conn:
         dates = applied_dates(conn)
     for rev in script_directory(directory).walk_revisions():
-        when = dates.get(rev.revision)
+        when, took = dates.get(rev.revision, (None, None))
         when = f"applied {when:%Y-%m-%d %H:%M:%S}" if when else "not applied"
-        print(f"{rev.revision}  {when:<27}  {rev.doc}")
+        if took is not None:
+            when += f" in {took:.2f} s"
+        print(f"{rev.revision}  {when:<38}  {rev.doc}")
 
 
 def heads(directory=None, verbose=False, resolve_dependencies=False):
@@ -309,6 +312,7 @@ def repair(directory=None):
     script = script_directory(directory)
     with state.lock(state.wait_budget()), state.engine.begin() as conn:
         applied = list(script.iterate_revisions(database_heads(conn), "base"))
+        ensure_checksum_table(conn)
         forget_checksums(conn)
         remember_checksums(conn, applied)
     print(f"Recorded the checksums of {len(applied)} applied revision(s)")

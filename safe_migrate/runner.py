@@ -19,7 +19,12 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from .autogenerate import count_rows, insist_on_yes, revision_directives_hook, x_values
-from .checksums import CHECKSUM_TABLE, record_checksum, verify_checksums
+from .checksums import (
+    CHECKSUM_TABLE,
+    ensure_checksum_table,
+    record_checksum,
+    verify_checksums,
+)
 from .errors import MigrationError
 from .extension import MigrateState, current_state
 from .postgres import retrying
@@ -134,6 +139,8 @@ class Run:
         self.originals.clear()
         self.identified = False
         self.snapshot_taken = False
+        self.last_seconds: float | None = None  # the running revision's time, for its record
+        self.checksum_table_ready = False
 
     def run(self) -> None:
         autogenerate = getattr(self.context.config.cmd_opts, "autogenerate", False)
@@ -222,7 +229,8 @@ class Run:
             except BaseException:
                 log.info("Running %s ... failed after %.2f s", step, time.monotonic() - start)
                 raise
-            log.info("Running %s ... %.2f s", step, time.monotonic() - start)
+            self.last_seconds = time.monotonic() - start
+            log.info("Running %s ... %.2f s", step, self.last_seconds)
             locks = watch.report() if watch else []  # before the counts below take locks
             if rows is not None:
                 log.info("  rows: %s", rows_before_after(rows, all_rows(self.connection)))
@@ -255,7 +263,11 @@ class Run:
     def after_revision(self, ctx, step, heads, run_args) -> None:
         """Alembic's on_version_apply hook, in the revision's own transaction: record its
         checksum, and roll back a downgrade that dropped tables holding rows unasked."""
-        record_checksum(ctx, step, heads, run_args)
+        if not self.checksum_table_ready:  # once a run, not once a revision
+            ensure_checksum_table(ctx.connection)
+            self.checksum_table_ready = True
+        record_checksum(ctx, step, self.last_seconds)
+        self.last_seconds = None
         if self.state.path is not None and not self.identified:
             give_identity(ctx.connection)
             self.identified = True

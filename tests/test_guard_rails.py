@@ -1,5 +1,6 @@
 """What the tool refuses to do silently: lose child rows, create databases by accident,
 adopt a database it did not make, drop data without asking, run an edited revision."""
+import re
 import shutil
 import socket
 
@@ -365,6 +366,28 @@ def test_history_shows_when_revisions_were_applied(project):
     assert lines[0].startswith(f"{head}  not applied")
     assert lines[1].startswith(f"{second}  applied 20") and lines[1].endswith("add employee age")
     assert lines[2].startswith(f"{first}  applied 20")
+    assert re.search(r"applied 20\S+ \S+ in \d+\.\d\d s", lines[1]), lines
+
+
+def test_a_checksum_table_from_an_earlier_version_gets_its_new_column(project):
+    second = project.revisions()[1]
+    assert project.db("upgrade", second)[0] == 0
+    # As an earlier version made it: no seconds column.
+    rows = project.query("SELECT revision, checksum, applied_at FROM migration_checksums")
+    project.execute("DROP TABLE migration_checksums")
+    project.execute("CREATE TABLE migration_checksums (revision VARCHAR(32) PRIMARY KEY, "
+                    "checksum VARCHAR(64) NOT NULL, applied_at TIMESTAMP NOT NULL)")
+    for revision, checksum, applied_at in rows:
+        project.execute("INSERT INTO migration_checksums VALUES (:r, :c, :a)",
+                        {"r": revision, "c": checksum, "a": applied_at})
+    code, output = project.db("history", "--applied")
+    assert code == 0 and f"{second}  applied 20" in output, output
+
+    assert project.db("upgrade")[0] == 0
+
+    lines = project.db("history", "--applied")[1].strip().splitlines()
+    assert re.search(r"applied 20\S+ \S+ in \d+\.\d\d s", lines[0]), lines
+    assert " in " not in lines[1], lines  # applied before the column existed
 
 
 def test_checksums_are_stored_beside_alembic_version(project):
