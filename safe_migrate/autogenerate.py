@@ -3,7 +3,10 @@ an add; every operation that can lose data is named before it runs; `db check`'s
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import warnings
+from contextlib import contextmanager
 
 import sqlalchemy as sa
 from alembic.autogenerate import renderers
@@ -22,6 +25,33 @@ def x_values(x_arg, key: str) -> list[str]:
 def ask(question: str) -> bool:
     """Ask on the terminal; anything but yes is no."""
     return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
+EXPRESSION_INDEX = re.compile(r"Skipped unsupported reflection of expression-based index (\S+)")
+
+
+@contextmanager
+def library_warnings_as_notes():
+    """SQLAlchemy's warnings while autogenerate reflects the database, said once each as a
+    NOTE line in our words instead of a Python warning with a source line."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", sa.exc.SAWarning)
+        yield
+    notes = []
+    for warning in caught:
+        if not issubclass(warning.category, sa.exc.SAWarning):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno)
+            continue
+        message = str(warning.message)
+        index = EXPRESSION_INDEX.search(message)
+        if index:
+            message = (f"index {index.group(1)} is on an expression, which autogenerate cannot "
+                       "compare: it is left as it is")
+        if message not in notes:
+            notes.append(message)
+    for note in notes:
+        print(f"NOTE: {note}", file=sys.stderr)
 
 
 def insist_on_yes(what: str, question: str, action: str, outcome: str) -> None:

@@ -18,7 +18,13 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from .autogenerate import count_rows, insist_on_yes, revision_directives_hook, x_values
+from .autogenerate import (
+    count_rows,
+    insist_on_yes,
+    library_warnings_as_notes,
+    revision_directives_hook,
+    x_values,
+)
 from .checksums import (
     CHECKSUM_TABLE,
     ensure_checksum_table,
@@ -168,7 +174,8 @@ class Run:
             self.context.run_migrations()
             return
         try:
-            with self.context.begin_transaction():
+            with self.context.begin_transaction(), \
+                    library_warnings_as_notes() if autogenerate else nullcontext():
                 self.context.run_migrations()
         except BaseException:
             if not self.had_version_table:

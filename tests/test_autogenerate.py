@@ -324,3 +324,17 @@ def test_lock_hazards_are_named_on_postgresql(populated, backend):
         "rows) while it builds; create it with postgresql_concurrently=True inside "
         "op.get_context().autocommit_block()"),
     ], output
+
+
+def test_library_warnings_become_one_note(populated):
+    project = populated
+    project.execute("CREATE INDEX ix_company_lower_cname ON company (lower(cname))")
+    before = versions(project)
+
+    code, output = project.db("migrate", "-m", "nothing")
+
+    assert code == 0, output
+    assert "Warning" not in output, output
+    assert output.count("NOTE: index ix_company_lower_cname is on an expression, which "
+                        "autogenerate cannot compare: it is left as it is") == 1, output
+    assert versions(project) == before
