@@ -1,4 +1,5 @@
 """A failed or concurrent migration never leaves the database half-changed."""
+import os
 import sqlite3
 import subprocess
 import textwrap
@@ -135,16 +136,36 @@ def test_concurrent_upgrades_take_turns(project):
     assert project.version() == "slow0001"
 
 
+HOLDING_REVISION = """
+    def upgrade():
+        op.create_table("slow_runs", sa.Column("id", sa.Integer, primary_key=True))
+        with open({started!r}, "w") as started:  # tell the test we are inside
+            started.write("running")
+        with open({release!r}) as release:  # and hold the lock until it says so
+            release.read()
+        op.execute("INSERT INTO slow_runs (id) VALUES (1)")
+
+
+    def downgrade():
+        op.drop_table("slow_runs")
+"""
+
+
 def test_a_run_that_cannot_get_the_lock_names_the_holder(project):
     assert project.db("upgrade")[0] == 0
-    project.add_revision("slow0001", SLOW_REVISION)
+    started, release = project.path / "started", project.path / "release"
+    os.mkfifo(started)
+    os.mkfifo(release)
+    project.add_revision("slow0001", HOLDING_REVISION.format(started=str(started),
+                                                             release=str(release)))
     holder = start_upgrade(project)
-    for line in holder.stdout:  # wait until the holder is inside the slow revision
-        if "-> slow0001" in line:
-            break
+    with open(started) as inside:  # returns once the holder is inside the revision
+        assert inside.read() == "running"
 
     code, output = project.db("upgrade", env={"MIGRATE_LOCK_TIMEOUT": "0.5"})
 
+    with open(release, "w") as go:
+        go.write("go")
     holder_output = holder.communicate(timeout=120)[0]
     assert holder.returncode == 0, holder_output
     assert code == 1
