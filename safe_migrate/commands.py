@@ -27,7 +27,6 @@ from .extension import current_state
 from .revisions import database_heads, revision_index
 from .snapshots import (
     check_snapshot,
-    copy_database,
     identity,
     read_only,
     restore_into,
@@ -111,64 +110,31 @@ def upgrade(directory=None, revision="head", sql=False, tag=None, x_arg=None, re
 
 
 def rehearse_run(kind: str, directory, revision: str, x_arg, round_trip: bool) -> None:
-    """Run `kind` (upgrade or downgrade) to `revision` on a copy of the SQLite file; with
-    round_trip, go back and run it again, and compare every table's rows."""
+    """Run `kind` (upgrade or downgrade) to `revision` and throw the result away (see
+    rehearsal.py); with round_trip, go back and run it again, and compare every row."""
     from alembic import command
 
-    from .rehearsal import on_a_copy
+    from .rehearsal import rehearsal
     from .runner import revision_label
 
     state = current_state()
     x_arg = [*(x_arg or []), "backup=off"]
-    if state.path is None:
-        return rehearse_in_a_transaction(kind, directory, revision, x_arg, round_trip)
-    with on_a_copy(state) as copy:
+    with rehearsal(state) as remember:
         with state.engine.connect() as conn:
             start = revision_label(database_heads(conn))
         forward = getattr(command, kind)
         back = command.downgrade if kind == "upgrade" else command.upgrade
         forward(config(directory, x_arg, command=kind), revision)
         if round_trip:
-            first = copy.with_name("first-run.db")
-            copy_database(copy, first, 0o600, state.settings.lock_timeout)
+            rows_lost = remember()
             back(config(directory, [*x_arg, "yes"], command=kind), start)
             forward(config(directory, x_arg, command=kind), revision)
-            lost = rows_only_in(first, copy, state.settings.lock_timeout)
+            lost = rows_lost()
             if lost:
                 raise MigrationError("the round trip lost rows: " + ", ".join(
                     f"{table} ({rows} rows)" for table, rows in lost.items()))
             print(f"Round trip: back to {start} and {kind} again; every row is as the first "
                   f"{kind} left it")
-    print(f"Rehearsal done: {state.path} was not changed")
-
-
-def rehearse_in_a_transaction(kind: str, directory, revision: str, x_arg, round_trip: bool):
-    """PostgreSQL's rehearsal: everything in one transaction, rolled back."""
-    from alembic import command
-
-    from .rehearsal import in_one_transaction, keep_rows, rows_lost
-    from .runner import all_rows, revision_label
-
-    state = current_state()
-    if state.url.get_backend_name() != "postgresql":
-        raise MigrationError("--rehearse works on SQLite files and PostgreSQL")
-    with in_one_transaction(state) as conn:
-        start = revision_label(database_heads(conn))
-        forward = getattr(command, kind)
-        back = command.downgrade if kind == "upgrade" else command.upgrade
-        forward(config(directory, x_arg, command=kind), revision)
-        if round_trip:
-            tables = list(all_rows(conn))
-            keep_rows(conn, tables)
-            back(config(directory, [*x_arg, "yes"], command=kind), start)
-            forward(config(directory, x_arg, command=kind), revision)
-            lost = rows_lost(conn, tables)
-            if lost:
-                raise MigrationError("the round trip lost rows: " + ", ".join(
-                    f"{table} ({rows} rows)" for table, rows in lost.items()))
-            print(f"Round trip: back to {start} and {kind} again; every row is as the first "
-                  f"{kind} left it")
-    print("Rehearsal done: rolled back, the database was not changed")
 
 
 def nothing_to_upgrade(directory) -> bool:

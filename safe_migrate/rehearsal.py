@@ -18,11 +18,28 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from .errors import MigrationError
-from .snapshots import copy_database
+from .snapshots import copy_database, rows_only_in
 
 
 @contextmanager
-def on_a_copy(state) -> Iterator[Path]:
+def rehearsal(state) -> Iterator:
+    """Where a rehearsal runs: a copy of the SQLite file, or one PostgreSQL transaction.
+    Yields `remember()`, which keeps the rows as they are now and returns a function
+    that counts, per table, the kept rows that are gone since."""
+    if state.path is not None:
+        with on_a_copy(state) as remember:
+            yield remember
+        print(f"Rehearsal done: {state.path} was not changed")
+    elif state.url.get_backend_name() == "postgresql":
+        with in_one_transaction(state) as remember:
+            yield remember
+        print("Rehearsal done: rolled back, the database was not changed")
+    else:
+        raise MigrationError("--rehearse works on SQLite files and PostgreSQL")
+
+
+@contextmanager
+def on_a_copy(state) -> Iterator:
     """Point the app's migration runs at a copy of its SQLite file for the block."""
     if not state.path.exists():
         raise MigrationError(f"no database at {state.path} to rehearse on")
@@ -36,8 +53,14 @@ def on_a_copy(state) -> Iterator[Path]:
             connect_args={"timeout": state.settings.lock_timeout}))
         real_path = state.path
         state.path, state.rehearsal_engine = copy, engine
+
+        def remember():
+            first = copy.with_name("first-run.db")
+            copy_database(copy, first, 0o600, state.settings.lock_timeout)
+            return lambda: rows_only_in(first, copy, state.settings.lock_timeout)
+
         try:
-            yield copy
+            yield remember
         finally:
             state.path, state.rehearsal_engine = real_path, None
             engine.dispose()
@@ -53,7 +76,7 @@ def rows_before_after(before: dict[str, int], after: dict[str, int]) -> str:
 
 
 @contextmanager
-def in_one_transaction(state) -> Iterator[sa.engine.Connection]:
+def in_one_transaction(state) -> Iterator:
     """Route the app's migration runs through one connection in one transaction for the
     block, and roll it back at the end, whatever happened."""
     budget = state.wait_budget()
@@ -64,8 +87,16 @@ def in_one_transaction(state) -> Iterator[sa.engine.Connection]:
         state.rehearsal_connection = conn
         print("Rehearsing in one transaction, rolled back at the end; the database is not "
               "changed")
+
+        def remember():
+            from .runner import all_rows  # runner imports this module
+
+            tables = list(all_rows(conn))
+            keep_rows(conn, tables)
+            return lambda: rows_lost(conn, tables)
+
         try:
-            yield conn
+            yield remember
         finally:
             state.rehearsal_connection = None
             transaction.rollback()
