@@ -26,7 +26,6 @@ from .autogenerate import (
     x_values,
 )
 from .checksums import (
-    CHECKSUM_TABLE,
     ensure_checksum_table,
     record_checksum,
     verify_checksums,
@@ -36,7 +35,7 @@ from .extension import MigrateState, current_state
 from .postgres import retrying
 from .rehearsal import LockWatch, rows_before_after
 from .snapshots import (
-    IDENTITY_TABLE,
+    BOOKKEEPING,
     give_identity,
     has_identity,
     rotate_snapshots,
@@ -48,8 +47,6 @@ from .sqlite_copies import originals, restore_lost_objects
 MISSING_FILE = {"upgrade": "create", "stamp": "create", "revision": "compare with empty"}
 # The commands that change the database, and so run under the migration lock.
 LOCKED = {"upgrade", "downgrade", "stamp", None}
-# Tables of ours and Alembic's, which are no part of the app's schema or data.
-BOOKKEEPING = {"alembic_version", CHECKSUM_TABLE, IDENTITY_TABLE}
 
 
 class QuietStart(logging.Filter):

@@ -25,6 +25,8 @@ from .checksums import CHECKSUM_TABLE
 from .errors import MigrationError
 
 IDENTITY_TABLE = "migration_database"
+# Tables of ours and Alembic's, which are no part of the app's schema or data.
+BOOKKEEPING = {"alembic_version", CHECKSUM_TABLE, IDENTITY_TABLE}
 
 
 def snapshot_pattern(path: Path) -> re.Pattern:
@@ -157,7 +159,7 @@ def rows_only_in(database: Path, snapshot: Path, timeout: float) -> dict[str, in
         conn.execute("ATTACH ? AS snapshot", (f"file:{snapshot}?mode=ro",))
         tables = [row[0] for row in conn.execute(
             "SELECT name FROM main.sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
-            if row[0] not in ("alembic_version", IDENTITY_TABLE, CHECKSUM_TABLE)]
+            if row[0] not in BOOKKEEPING]
         lost = {}
         for table in tables:
             columns = [row[1] for row in conn.execute(f'PRAGMA main.table_info("{table}")')]
