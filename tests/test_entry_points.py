@@ -206,6 +206,30 @@ def test_no_deprecation_warnings(sqlite_project, args):
     assert "Warning" not in output
 
 
+EXIT_FREEZE = """
+import atexit, gc, sys
+atexit.register(lambda: print("frozen" if gc.get_freeze_count() else "collected"))
+import migrate_example
+cli, sys.argv = sys.argv[1], ["migrate_example.py", "db", "current"]
+if cli == "flask":
+    from flask.cli import main
+    main()
+elif cli == "manager":
+    migrate_example.manager.run()
+"""
+
+
+@pytest.mark.parametrize("cli, expected", [("manager", "frozen"), ("flask", "frozen"),
+                                           ("none", "collected")])
+def test_only_a_command_skips_the_collection_at_exit(sqlite_project, cli, expected):
+    # What it is worth is in bench/RESULTS.md; here, that an app importing the package keeps
+    # Python's collector as it is.
+    assert sqlite_project.db("upgrade")[0] == 0
+    code, output = sqlite_project.run(sys.executable, "-c", EXIT_FREEZE, cli,
+                                      env={"FLASK_APP": "migrate_example.py"})
+    assert (code, output.splitlines()[-1]) == (0, expected), output
+
+
 def test_migrate_and_check_through_either_cli(project):
     assert project.db("upgrade")[0] == 0
     project.edit_module("    clocation = db.Column(db.String, unique=False, nullable=False)\n",
