@@ -40,6 +40,11 @@ def config(directory=None, x_arg=None, opts=None, command=None):
     return current_state().migrate.get_config(directory, x_arg, opts, command)
 
 
+def cached_index(directory=None) -> dict | None:
+    """The cached facts about the revision files (revisions.py), or None."""
+    return revision_index(Path(directory or current_state().directory))
+
+
 def script_directory(directory=None):
     from alembic.script import ScriptDirectory
 
@@ -143,7 +148,7 @@ def nothing_to_upgrade(directory) -> bool:
     Anything else takes Alembic's path, which says what is wrong."""
     state = current_state()
     directory = Path(directory or state.directory)
-    index = revision_index(directory)
+    index = cached_index(directory)
     if index is None or (state.path is not None and not state.path.exists()):
         return False
     with state.engine.connect() as conn:
@@ -181,9 +186,15 @@ def history(directory=None, rev_range=None, verbose=False, indicate_current=Fals
             applied=False):
     """List changeset scripts in chronological order (--applied: with the dates they were
     applied to this database)"""
-    from alembic import command
-
     if not applied:
+        plain = not (rev_range or verbose or indicate_current)
+        index = cached_index(directory) if plain else None
+        if index is not None:
+            for line in index["history_lines"]:
+                print(line)
+            return
+        from alembic import command
+
         return command.history(config(directory), rev_range, verbose=verbose,
                                indicate_current=indicate_current)
     with current_state().engine.connect() as conn:
@@ -198,6 +209,11 @@ def history(directory=None, rev_range=None, verbose=False, indicate_current=Fals
 
 def heads(directory=None, verbose=False, resolve_dependencies=False):
     """Show current available heads in the script directory"""
+    index = None if verbose or resolve_dependencies else cached_index(directory)
+    if index is not None:
+        for line in index["heads_lines"]:
+            print(line)
+        return
     from alembic import command
 
     command.heads(config(directory), verbose=verbose, resolve_dependencies=resolve_dependencies)
@@ -213,8 +229,7 @@ def branches(directory=None, verbose=False):
 def current(directory=None, verbose=False):
     """Display the current revision for each database."""
     state = current_state()
-    directory = Path(directory or state.directory)
-    index = None if verbose else revision_index(directory)
+    index = None if verbose else cached_index(directory)
     if index is not None:
         # What Alembic's `current` prints, without loading Alembic or every revision file.
         with state.engine.connect() as conn:
@@ -248,7 +263,8 @@ def check(directory=None):
     from .runner import not_our_bookkeeping, revision_label
 
     state = current_state()
-    script_heads = script_directory(directory).get_heads()
+    index = cached_index(directory)
+    script_heads = index["heads"] if index else script_directory(directory).get_heads()
     problems = []
     with state.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={

@@ -274,6 +274,30 @@ def test_a_changed_added_or_removed_revision_file_is_noticed(project):
     assert not list(versions.glob("next0001*"))
 
 
+def test_read_only_commands_answer_as_alembic_does_without_loading_it(project):
+    assert project.db("upgrade")[0] == 0
+    head = project.revisions()[-1]
+    for rev_id in ("branch01", "branch02"):
+        project.add_revision(rev_id, "def upgrade():\n    pass\n\n\ndef downgrade():\n"
+                                     "    pass\n", down_revision=head)
+    for merged in (False, True):
+        # Each pair: the cached answer, and the same question put so that Alembic answers.
+        for cached, alembic in ((["heads"], ["heads", "--resolve-dependencies"]),
+                                (["history"], ["history", "-r", "base:heads"])):
+            assert project.db(*cached) == project.db(*alembic)
+        if not merged:
+            assert project.db("merge", "heads", "-m", "join", "--rev-id", "join0001",
+                              "--branch-label", "joined")[0] == 0
+    assert project.db("upgrade", "-x", "backup=off")[0] == 0
+
+    for args in (["current"], ["heads"], ["history"], ["upgrade"]):
+        argv = project.db_argv(*args)
+        code, output = project.run(argv[0], "-X", "importtime", *argv[1:],
+                                   env={"FLASK_APP": "migrate_example.py"})
+        assert code == 0, output
+        assert " alembic" not in output and " mako" not in output, args
+
+
 def test_the_other_alembic_commands_pass_through(project):
     head = project.revisions()[-1]
     assert project.db("upgrade")[0] == 0
