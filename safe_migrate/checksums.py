@@ -24,7 +24,9 @@ checksums = sa.Table(
 
 
 def file_checksum(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    # open(), not Path.read_bytes(): a no-op upgrade hashes every applied revision's file.
+    with open(path, "rb") as file:
+        return hashlib.sha256(file.read()).hexdigest()
 
 
 def has_seconds(connection: sa.engine.Connection) -> bool:

@@ -113,10 +113,10 @@ def as_a_command():
 
 def skip_the_collection_at_exit() -> None:
     """At exit Python runs its cycle collector over everything start-up made (Flask,
-    SQLAlchemy, the app), a sixth of a no-op `db upgrade`, to free memory the OS takes back
-    anyway. Freezing it all (gc.freeze) as the process exits skips that scan. Only at exit,
-    and only in a process that ran a command: an app importing the package keeps its
-    collector as it is. Registered once, however many commands a process runs."""
+    SQLAlchemy, the app), about a seventh of a no-op `db upgrade` here, to free memory the
+    OS takes back anyway. Freezing it all (gc.freeze) as the process exits skips that scan.
+    Only at exit, and only in a process that ran a command: an app importing the package
+    keeps its collector as it is. Registered once, however many commands a process runs."""
     atexit.unregister(gc.freeze)
     atexit.register(gc.freeze)
 

@@ -7,6 +7,7 @@ for it at start-up.
 """
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from contextlib import closing
@@ -156,8 +157,9 @@ def nothing_to_upgrade(directory) -> bool:
         recorded = recorded_checksums(conn)
     if not heads or sorted(heads) != index["heads"]:
         return False
-    files = index["files"]
-    return all(revision in files and file_checksum(directory / "versions" / files[revision]) == checksum
+    files, versions = index["files"], os.path.join(directory, "versions")
+    return all(revision in files
+               and file_checksum(os.path.join(versions, files[revision])) == checksum
                for revision, checksum in recorded.items())
 
 
