@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import atexit
 import gc
+import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 import click
 import flask_script
@@ -146,7 +148,19 @@ class DbCommand(flask_script.Command):
 
     def __call__(self, app=None, *args, **kwargs):
         with as_a_command():
+            running_module_is_importable()
             return super().__call__(app, *args, **kwargs)
+
+
+def running_module_is_importable() -> None:
+    """`python manage.py db upgrade` runs manage.py as __main__; a revision that imports the
+    app's models from it (`from manage import db, User`) would run the module a second
+    time, with a second app and `db` that the run's connection is not given to (see
+    runner.app_session_on). Under its own name too, it is the module already running."""
+    main = sys.modules.get("__main__")
+    name = Path(getattr(main, "__file__", None) or "__main__").stem
+    if name.isidentifier() and name != "__main__":
+        sys.modules.setdefault(name, main)
 
 
 def flask_script_manager() -> flask_script.Manager:

@@ -18,6 +18,23 @@ class MigrationError(Exception):
     """A failure the user can act on: printed as one line, nothing else."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what the run had done when it came (see runner.Progress)."""
+
+
+def interrupt_in(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C behind an error, if one is: SQLAlchemy and Alembic's cleanup after an
+    interrupted statement can raise errors of their own (PendingRollbackError), which must
+    not hide it."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 # user:password@ in a URL, and in the strings SQLAlchemy fails to parse as one.
 _PASSWORD_IN_URL = re.compile(r"(?P<user>[\w.%+-]+):(?P<password>[^@\s/'\"]+)@")
 
@@ -35,8 +52,10 @@ def describe(exc: BaseException) -> str:
     """One line for an error: what failed, and where in a revision file if it was there."""
     if isinstance(exc, MigrationError):
         return mask_passwords(str(exc))
+    if isinstance(exc, Interrupted):
+        return str(exc)
     if isinstance(exc, KeyboardInterrupt):
-        return "interrupted; the revision in progress was rolled back, the ones before it stay applied"
+        return "interrupted"
     if isinstance(exc, SyntaxError):
         return f"{exc.filename}, line {exc.lineno}: {exc.msg}"
     orig = getattr(exc, "orig", None)
@@ -80,5 +99,6 @@ def reported():
     except Exception as exc:
         if show_tracebacks():
             raise
-        print(f"Error: {describe(exc)}", file=sys.stderr)
-        sys.exit(1)
+        interrupt = interrupt_in(exc)
+        print(f"Error: {describe(interrupt or exc)}", file=sys.stderr)
+        sys.exit(130 if interrupt else 1)

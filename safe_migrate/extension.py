@@ -3,19 +3,20 @@ migration run goes through this package.
 
 It keeps Flask-Migrate's shape (`app.extensions['migrate']` has `db`, `directory`,
 `configure_args`, `migrate`), so an env.py written for Flask-Migrate finds what it looks for,
-and adds the app's engine settings, the SQLite listeners and `flask db`.
+and adds `flask db`. It holds configuration only: the app's own engine is never touched
+(no listener, pragma, timeout or file guard), settings are read when a command runs, and
+each command makes its own migration engine (connections.py).
 """
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import sqlalchemy as sa
 from flask import current_app
 
-from . import postgres, sqlite
-from .errors import MigrationError, describe
+from . import connections, sqlite
+from .errors import MigrationError
 from .locks import WaitBudget, migration_lock
 from .settings import Settings
 
@@ -55,16 +56,13 @@ class Migrate:
             self.init_app(app, db, directory)
 
     def init_app(self, app, db=None, directory=None, **kwargs) -> None:
+        """Register the app's migration settings and `flask db`. Nothing is read, checked or
+        connected here: a web worker importing the app is never stopped by a migration
+        setting, and its engine stays as Flask-SQLAlchemy made it."""
         self.db = db or self.db
         self.directory = str(directory or self.directory)
         self.alembic_ctx_kwargs.update(kwargs)
-        try:
-            state = MigrateState(self, app)
-        except MigrationError as exc:  # a malformed setting: one line, at start-up
-            raise SystemExit(f"Error: {describe(exc)}") from None
-        except sa.exc.ArgumentError as exc:
-            raise SystemExit(f"Error: {describe(exc)}") from None
-        app.extensions["migrate"] = state
+        app.extensions["migrate"] = MigrateState(self, app)
         from .cli import db_group
 
         app.cli.add_command(db_group)
@@ -91,25 +89,40 @@ class Migrate:
 
 
 class MigrateState:
-    """What `app.extensions['migrate']` holds: the app's migration settings and engine."""
+    """What `app.extensions['migrate']` holds: the app's migration configuration. Everything
+    else is derived when a command asks for it, from the app's config and the environment."""
 
     def __init__(self, migrate: Migrate, app) -> None:
         self.migrate = migrate
         self.app = app
         self.db = migrate.db
         self.directory = migrate.directory
-        self.settings = Settings()
-        self.url = sa.engine.make_url(app.config["SQLALCHEMY_DATABASE_URI"])
-        self.path = sqlite.database_file(self.url, Path(app.root_path))
-        # What connecting does when the SQLite file is missing: "refuse" (it may be a typo),
-        # "create" (`db upgrade`, `db stamp`), or "compare with empty" (`db migrate`).
-        self.missing = "refuse"
-        # --rehearse: the engine of a SQLite copy, or the connection of a PostgreSQL
-        # transaction that will be rolled back (see rehearsal.py).
-        self.rehearsal_engine: sa.engine.Engine | None = None
+        # --rehearse: the SQLite copy, or the connection of a PostgreSQL transaction that
+        # will be rolled back (see rehearsal.py).
+        self.rehearsal_path: Path | None = None
         self.rehearsal_connection: sa.engine.Connection | None = None
-        is_sqlite = self.url.get_backend_name() == "sqlite"
-        self.configure_args = {
+
+    @property
+    def settings(self) -> Settings:
+        """The MIGRATE_* settings, read and checked now (a bad one fails the command, with
+        one line, not the app's start-up)."""
+        return Settings()
+
+    @property
+    def url(self) -> sa.engine.URL:
+        """The app's database URL, checked: a driver that is missing is named now."""
+        return connections.database_url(self.app.config["SQLALCHEMY_DATABASE_URI"])
+
+    @property
+    def path(self) -> Path | None:
+        """The SQLite file the app's URL names (during a SQLite rehearsal, its copy)."""
+        if self.rehearsal_path is not None:
+            return self.rehearsal_path
+        return sqlite.database_file(self.url, Path(self.app.root_path))
+
+    @property
+    def configure_args(self) -> dict:
+        return {
             # SQLite cannot ALTER most things, so autogenerate writes batch_alter_table
             # blocks (a table copy on SQLite, plain ALTERs elsewhere).
             "render_as_batch": True,
@@ -117,68 +130,35 @@ class MigrateState:
             # Each revision, with its alembic_version update, commits or rolls back whole;
             # SQLite's DDL is transactional, but Alembic assumes not unless told.
             "transaction_per_migration": True,
-            "transactional_ddl": True if is_sqlite else None,
+            "transactional_ddl": True if self.url.get_backend_name() == "sqlite" else None,
             # The runner replaces these; an env.py of its own making gets refused.
             "on_version_apply": refuse_unguarded_run,
             "include_name": refuse_unguarded_run,
-            **migrate.alembic_ctx_kwargs,
+            **self.migrate.alembic_ctx_kwargs,
         }
-        self.set_engine_options(app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {}))
-        self.listen(self.db.get_engine(app))  # before anything connects
 
     @property
     def rehearsing(self) -> bool:
-        return self.rehearsal_engine is not None or self.rehearsal_connection is not None
+        return self.rehearsal_path is not None or self.rehearsal_connection is not None
 
     @property
     def metadata(self) -> sa.MetaData:
         return self.db.metadata
 
-    def set_engine_options(self, options: dict) -> None:
-        connect_args = options.setdefault("connect_args", {})
-        if self.url.get_backend_name() == "sqlite":
-            # pysqlite's `timeout` is SQLite's busy timeout: wait for a lock, then fail.
-            connect_args.setdefault("timeout", self.settings.lock_timeout)
-            if self.url.query.get("uri") == "true" and self.path is not None:
-                options.setdefault("creator", sqlite.uri_creator(
-                    self.url, self.path, self.check_missing_file, self.settings.lock_timeout))
-                options.setdefault("poolclass", sa.pool.NullPool)
-        elif self.url.get_backend_name() == "postgresql":
-            # The name shows in pg_stat_activity, so a waiting migration can say who holds
-            # the lock.
-            client = f"safe_migrate pid {os.getpid()} on {socket.gethostname()}"[:63]
-            connect_args.setdefault("application_name", client)
-            connect_args.setdefault("connect_timeout", self.settings.connect_timeout)
-
     @property
     def engine(self) -> sa.engine.Engine:
-        """The app's own engine, with this package's SQLite listeners on it (during
-        `--rehearse`, the engine of the copy instead)."""
-        if self.rehearsal_engine is not None:
-            return self.rehearsal_engine
-        return self.listen(self.db.get_engine(self.app))
+        """A new engine of this package's own for reading the database (during a SQLite
+        `--rehearse`, the copy): a missing SQLite file is refused, never created."""
+        return self.migration_engine()
 
-    def listen(self, engine: sa.engine.Engine) -> sa.engine.Engine:
-        if engine.dialect.name == "sqlite":
-            sqlite.install(engine, self.check_missing_file)
-        elif engine.dialect.name == "postgresql":
-            postgres.install(engine)
-        return engine
-
-    def check_missing_file(self) -> str | None:
-        """A typo in DATABASE_URL must not quietly create and migrate an empty database."""
-        if self.path is None or self.path.exists():
-            return None
-        if self.missing == "create":
-            print(f"Creating new database at {self.path}")
-            return None
-        if self.missing == "compare with empty":
-            # The tutorial runs `db migrate` before any database exists: compare the models
-            # with an empty database in memory, and leave the file to `db upgrade`.
-            print(f"No database at {self.path} yet: comparing the models with an empty database")
-            return "memory"
-        raise MigrationError(
-            f"no database at {self.path} (check DATABASE_URL); only `db upgrade` creates one")
+    def migration_engine(self, budget: WaitBudget | None = None, missing: str = "refuse",
+                         path: Path | None = None) -> sa.engine.Engine:
+        """A new engine for one command (connections.py): with `budget`, the engine of a
+        migration run, whose transactions take the database's write lock."""
+        app_options = self.app.config.get("SQLALCHEMY_ENGINE_OPTIONS", {})
+        return connections.migration_engine(
+            self.url, path or self.path, self.settings, app_options.get("connect_args", {}),
+            budget=budget, missing=missing)
 
     def wait_budget(self) -> WaitBudget:
         """A run's MIGRATE_LOCK_TIMEOUT, for all its waits together (see locks.py)."""

@@ -110,7 +110,8 @@ def is_at(lock, name: Path) -> bool:
 def advisory_lock(engine: sa.engine.Engine, budget: WaitBudget):
     timeout = budget.seconds
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.exec_driver_sql(f"SET lock_timeout = '{budget.milliseconds_left()}ms'")
+        conn.exec_driver_sql("SELECT set_config('lock_timeout', %(ms)s, false)",
+                             {"ms": f"{budget.milliseconds_left()}ms"})
         # The lock lasts as long as this session: a server-side timeout must not end it
         # while the revisions run on another connection.
         conn.exec_driver_sql("SET statement_timeout = 0")

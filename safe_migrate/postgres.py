@@ -20,25 +20,23 @@ from .settings import Settings
 LOCK_NOT_AVAILABLE = "55P03"
 
 
-def on_begin(connection) -> None:
-    """Each migration transaction (one per revision) gets the timeouts."""
-    settings = connection.get_execution_options().get("migration_settings")
-    if settings is None:
-        return
-    connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{milliseconds(settings.pg_lock_timeout)}'")
-    if settings.pg_statement_timeout:
-        connection.exec_driver_sql(
-            f"SET LOCAL statement_timeout = '{milliseconds(settings.pg_statement_timeout)}'")
+def install(engine: sa.engine.Engine, settings: Settings) -> None:
+    """Give each transaction of a migration run's engine (one per revision) the timeouts,
+    as bound values of set_config (local to the transaction)."""
+    def on_begin(connection) -> None:
+        connection.exec_driver_sql("SELECT set_config('lock_timeout', %(ms)s, true)",
+                                   {"ms": milliseconds(settings.pg_lock_timeout)})
+        if settings.pg_statement_timeout:
+            connection.exec_driver_sql("SELECT set_config('statement_timeout', %(ms)s, true)",
+                                       {"ms": milliseconds(settings.pg_statement_timeout)})
+
+    sa.event.listen(engine, "begin", on_begin)
 
 
 def milliseconds(seconds: float) -> str:
-    return f"{int(seconds * 1000)}ms"
-
-
-def install(engine: sa.engine.Engine) -> None:
-    """Put the listener on this engine (once)."""
-    if not sa.event.contains(engine, "begin", on_begin):
-        sa.event.listen(engine, "begin", on_begin)
+    """A setting in whole milliseconds; Settings keeps every timeout at 1 ms or more, so
+    none becomes 0, which PostgreSQL reads as no limit at all."""
+    return f"{round(seconds * 1000)}ms"
 
 
 def is_lock_timeout(exc: BaseException) -> bool:

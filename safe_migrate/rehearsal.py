@@ -48,11 +48,7 @@ def on_a_copy(state) -> Iterator:
         copy_database(state.path, copy, 0o600, state.settings.lock_timeout)
         print(f"Rehearsing on a copy of {state.path.name} in {folder}; {state.path} is not "
               "changed")
-        engine = state.listen(sa.create_engine(
-            f"sqlite:///{copy}", poolclass=sa.pool.NullPool,
-            connect_args={"timeout": state.settings.lock_timeout}))
-        real_path = state.path
-        state.path, state.rehearsal_engine = copy, engine
+        state.rehearsal_path = copy  # what state.path, and so every engine, opens
 
         def remember():
             first = copy.with_name("first-run.db")
@@ -62,8 +58,7 @@ def on_a_copy(state) -> Iterator:
         try:
             yield remember
         finally:
-            state.path, state.rehearsal_engine = real_path, None
-            engine.dispose()
+            state.rehearsal_path = None
 
 
 def rows_before_after(before: dict[str, int], after: dict[str, int]) -> str:
@@ -80,9 +75,9 @@ def in_one_transaction(state) -> Iterator:
     """Route the app's migration runs through one connection in one transaction for the
     block, and roll it back at the end, whatever happened."""
     budget = state.wait_budget()
-    with state.lock(budget), state.engine.connect() as conn:
-        conn = conn.execution_options(migration=True, lock_budget=budget,
-                                      migration_settings=state.settings)
+    engine = state.migration_engine(budget)
+    with state.lock(budget), engine.connect() as conn:
+        conn.info["safe_migrate.budget"] = budget
         transaction = conn.begin()
         state.rehearsal_connection = conn
         print("Rehearsing in one transaction, rolled back at the end; the database is not "
@@ -100,6 +95,7 @@ def in_one_transaction(state) -> Iterator:
         finally:
             state.rehearsal_connection = None
             transaction.rollback()
+    engine.dispose()
 
 
 def keep_rows(conn, tables) -> None:

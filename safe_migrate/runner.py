@@ -13,10 +13,11 @@ import functools
 import logging
 import sqlite3
 import time
-from contextlib import closing, nullcontext, suppress
+from contextlib import closing, contextmanager, nullcontext, suppress
 from pathlib import Path
 
 import sqlalchemy as sa
+from flask import current_app
 
 from .autogenerate import (
     count_rows,
@@ -30,7 +31,7 @@ from .checksums import (
     record_checksum,
     verify_checksums,
 )
-from .errors import MigrationError
+from .errors import Interrupted, MigrationError, interrupt_in
 from .extension import MigrateState, current_state
 from .postgres import retrying
 from .rehearsal import LockWatch, rows_before_after
@@ -94,24 +95,80 @@ def run_online(context, state: MigrateState) -> None:
     # to env.py); a run started some other way gets the careful defaults.
     command = context.config.attributes.get("safe_migrate.command")
     if state.rehearsal_connection is not None:  # in the rehearsal's own transaction
-        Run(context, state, state.rehearsal_connection, True, command).run()
+        budget = state.rehearsal_connection.info["safe_migrate.budget"]
+        Run(context, state, state.rehearsal_connection, True, command, budget).run()
         return
-    existed = state.path is not None and state.path.exists()
-    state.missing = MISSING_FILE.get(command, "refuse")
+    path = state.path
+    existed = path is not None and path.exists()
+    budget = state.wait_budget()
+    engine = state.migration_engine(budget, MISSING_FILE.get(command, "refuse"))
+    progress = Progress()
     try:
-        state.engine.connect().close()  # a missing file fails here, before any lock file
-        budget = state.wait_budget()
+        engine.connect().close()  # a missing file fails here, before any lock file
         lock = state.lock(budget) if command in LOCKED else nullcontext()
-        migration = state.engine.execution_options(
-            migration=True, lock_budget=budget, migration_settings=state.settings)
-        with lock, migration.connect() as connection:
-            Run(context, state, connection, existed, command).run()
-    except BaseException:
-        if state.path is not None and not existed:
-            remove_if_empty(state.path)
+        with lock, engine.connect().execution_options(migration=True) as connection:
+            Run(context, state, connection, existed, command, budget, progress).run()
+    except BaseException as exc:
+        if path is not None and not existed:
+            remove_if_empty(path)
+        if interrupt_in(exc) is not None and not isinstance(exc, Interrupted):
+            raise Interrupted(progress.interrupted()) from None
         raise
     finally:
-        state.missing = "refuse"
+        engine.dispose()
+
+
+class Progress:
+    """How far a run got, for a true line when Ctrl-C stops it: which revisions committed,
+    which one was rolled back."""
+
+    def __init__(self) -> None:
+        self.applied: list[str] = []
+        self.running: str | None = None
+        self.snapshotting = False
+
+    def committed(self) -> None:
+        """The running revision's transaction has committed."""
+        if self.running:
+            self.applied.append(self.running.rsplit(" ", 1)[-1])
+            self.running = None
+
+    def interrupted(self) -> str:
+        done = (f"the {len(self.applied)} revision(s) of this run before it stay applied "
+                f"({', '.join(self.applied)})" if self.applied
+                else "no revision of this run had been applied before it")
+        if self.running:
+            return f"interrupted during {self.running}: it was rolled back; {done}"
+        if self.snapshotting:
+            return "interrupted while taking the snapshot: no revision had run, nothing changed"
+        if self.applied:
+            return (f"interrupted after {len(self.applied)} revision(s) committed "
+                    f"({', '.join(self.applied)}); no revision was running")
+        return "interrupted before any revision ran: nothing changed"
+
+
+@contextmanager
+def app_session_on(db, connection):
+    """The app's `db.session` (and so `Model.query`) works on the run's connection while
+    the revisions run: a data migration written with the app's models sees the revision's
+    schema and is part of its transaction, instead of waiting for the run's own lock.
+    (A commit through it commits nothing of the revision's: the session only joins the
+    transaction the runner began.) Tables of other binds keep their engines."""
+    factory = getattr(getattr(db, "session", None), "session_factory", None)
+    if factory is None or not hasattr(db, "get_binds"):
+        yield
+        return
+    app = current_app._get_current_object()
+    ours = {table: connection for table in db.get_tables_for_bind(None)}
+    saved = dict(factory.kw)
+    db.session.remove()
+    factory.configure(bind=connection, binds={**db.get_binds(app), **ours})
+    try:
+        yield
+    finally:
+        db.session.remove()
+        factory.kw.clear()
+        factory.kw.update(saved)
 
 
 def remove_if_empty(path: Path) -> None:
@@ -127,8 +184,11 @@ class Run:
     """One env.py run on one connection."""
 
     def __init__(self, context, state: MigrateState, connection, existed: bool,
-                 command: str | None) -> None:
+                 command: str | None, budget, progress: Progress | None = None) -> None:
         self.context = context
+        self.progress = progress or Progress()
+        self.budget = budget  # the run's MIGRATE_LOCK_TIMEOUT (locks.WaitBudget)
+        self.settings = state.settings
         self.command = command
         self.state = state
         self.connection = connection
@@ -168,18 +228,21 @@ class Run:
         migration_context = self.context.get_context()
         migration_context._migrations_fn = self.checked(migration_context.opts["fn"])
         if in_rehearsal:
-            self.context.run_migrations()
+            with app_session_on(self.state.db, self.connection):
+                self.context.run_migrations()
             return
         try:
             with self.context.begin_transaction(), \
+                    app_session_on(self.state.db, self.connection), \
                     library_warnings_as_notes() if autogenerate else nullcontext():
                 self.context.run_migrations()
+            self.progress.committed()
         except BaseException:
             if not self.had_version_table:
                 self.drop_empty_version_table()
             raise
         if self.snapshot_taken:
-            rotate_snapshots(self.state.path, self.state.settings.snapshots_kept)
+            rotate_snapshots(self.state.path, self.settings.snapshots_kept)
 
     def checked(self, steps):
         def checked_steps(heads, migration_context):
@@ -218,12 +281,15 @@ class Run:
             def run(**kwargs):
                 log.warning("%s runs outside a transaction (autocommit_block): not rehearsed", name)
         if self.connection.dialect.name == "postgresql":
-            run = retrying(run, self.connection, self.state.settings, Path(step.revision.path).name)
+            run = retrying(run, self.connection, self.settings, Path(step.revision.path).name)
         log = logging.getLogger("alembic.runtime.migration")
         step.safe_migrate_timed = True  # RevisionLines leaves its start line out
 
         @functools.wraps(step.migration_fn)  # Alembic's log line names it: upgrade, downgrade
         def timed(**kwargs):
+            self.progress.committed()  # the revision before this one, if any
+            self.progress.running = (f"the {'upgrade' if step.is_upgrade else 'downgrade'} "
+                                     f"of {step.revision.revision}")
             rows = all_rows(self.connection) if self.state.rehearsing else None
             watch = (LockWatch(self.connection, BOOKKEEPING) if self.state.rehearsal_connection
                      else None)
@@ -259,9 +325,10 @@ class Run:
                 with self.connection.begin():
                     give_identity(self.connection)
             self.identified = True
-            budget = self.connection.get_execution_options()["lock_budget"]
+            self.progress.snapshotting = True
             take_snapshot(self.state.path, f"{revision_label(heads)}-{destination}",
-                          budget.left)
+                          self.budget.left)
+            self.progress.snapshotting = False
             self.snapshot_taken = True
 
     def after_revision(self, ctx, step, heads, run_args) -> None:

@@ -1,4 +1,10 @@
-"""Settings read from the environment, checked once at start-up."""
+"""Settings read from the environment when a command runs, each checked against the range
+its backend accepts, so that none is silently cut, wrapped or rounded to "no limit".
+
+SQLite's busy timeout and PostgreSQL's timeouts are whole milliseconds in a 32-bit int
+(at most 2,147,483,647 ms, about 24.8 days); PostgreSQL reads 0 as "no limit", so a timeout
+that is set is at least 1 ms. libpq's connect_timeout is whole seconds, at least 1.
+"""
 from __future__ import annotations
 
 import math
@@ -6,9 +12,14 @@ import os
 
 from .errors import MigrationError
 
+MAX_SECONDS = 2_147_483.647  # 2**31 - 1 milliseconds
+MIN_SECONDS = 0.001          # 1 ms
 
-def seconds(name: str, default: float) -> float:
-    """A positive, finite number of seconds from the environment variable `name`."""
+
+def seconds(name: str, default: float, low: float = 0.0, high: float = MAX_SECONDS,
+            zero: bool = False) -> float:
+    """A number of seconds from the environment variable `name`, from `low` to `high`
+    (and 0, where `zero` says 0 means "none")."""
     value = os.environ.get(name)
     if value is None:
         return default
@@ -16,18 +27,24 @@ def seconds(name: str, default: float) -> float:
         number = float(value)
     except ValueError:
         number = math.nan
-    if not math.isfinite(number) or number < 0:
-        raise MigrationError(f"{name} must be a number of seconds, not {value!r}")
+    if not (math.isfinite(number) and (low <= number <= high or (zero and number == 0))):
+        allowed = f"{plain(low)} to {plain(high)}" + (", or 0 for none" if zero else "")
+        raise MigrationError(f"{name} must be a number of seconds from {allowed}, not {value!r}")
     return number
 
 
-def count(name: str, default: int) -> int:
-    """A whole number, 0 or more, from the environment variable `name`."""
+def plain(number: float) -> str:
+    """2147483.647, 0.001, 60: a number as a person writes it."""
+    return f"{number:.3f}".rstrip("0").rstrip(".")
+
+
+def count(name: str, default: int, high: int = 100) -> int:
+    """A whole number from 0 to `high` from the environment variable `name`."""
     value = os.environ.get(name)
     if value is None:
         return default
-    if not value.strip().isdigit():
-        raise MigrationError(f"{name} must be a whole number, not {value!r}")
+    if not value.strip().isdigit() or int(value) > high:
+        raise MigrationError(f"{name} must be a whole number from 0 to {high}, not {value!r}")
     return int(value)
 
 
@@ -35,15 +52,17 @@ class Settings:
     """What MIGRATE_* environment variables say, with their defaults."""
 
     def __init__(self) -> None:
-        # How long a migration waits for another one (or for a writer holding the SQLite file).
+        # How long a migration waits for another one (or for a writer holding the SQLite
+        # file): SQLite's busy timeout, PostgreSQL's lock_timeout on the advisory lock.
         self.lock_timeout = seconds("MIGRATE_LOCK_TIMEOUT", 60.0)
         # How long to wait for a PostgreSQL server that does not answer (libpq would wait
         # forever); libpq takes whole seconds.
-        self.connect_timeout = max(1, round(seconds("MIGRATE_CONNECT_TIMEOUT", 10.0)))
+        self.connect_timeout = max(1, round(seconds("MIGRATE_CONNECT_TIMEOUT", 10.0, low=1)))
         self.snapshots_kept = 10
         # PostgreSQL: how long a revision's statement may wait for a table's lock before the
         # revision is rolled back and retried, how many times, and an optional limit on any
         # one statement (0: none).
-        self.pg_lock_timeout = seconds("MIGRATE_PG_LOCK_TIMEOUT", 2.0)
+        self.pg_lock_timeout = seconds("MIGRATE_PG_LOCK_TIMEOUT", 2.0, low=MIN_SECONDS)
         self.pg_lock_retries = count("MIGRATE_PG_LOCK_RETRIES", 5)
-        self.pg_statement_timeout = seconds("MIGRATE_PG_STATEMENT_TIMEOUT", 0.0)
+        self.pg_statement_timeout = seconds("MIGRATE_PG_STATEMENT_TIMEOUT", 0.0,
+                                            low=MIN_SECONDS, zero=True)

@@ -1,20 +1,24 @@
-"""SQLite on the app's engine: a real transaction per revision, foreign keys that hold
+"""SQLite on a migration engine: a real transaction per revision, foreign keys that hold
 through table copies, and no database file created by accident.
 
 pysqlite opens transactions itself, late, and commits before DDL, so a failed batch
 migration would leave a half-copied table behind. SQLAlchemy's documented recipe: turn the
-driver's handling off and emit BEGIN ourselves. IMMEDIATE takes SQLite's write lock up front,
-so a revision never fails half-way for want of it. Listeners go on the app's engine only.
+driver's handling off and emit BEGIN ourselves. A migration run's BEGIN IMMEDIATE takes
+SQLite's write lock up front, so a revision never fails half-way for want of it; a command
+that only reads begins as SQLite does by default. The listeners go on this package's own
+engines (connections.py), never on the app's.
 """
 from __future__ import annotations
 
 import sqlite3
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import sqlalchemy as sa
 
 from .errors import MigrationError
+from .locks import WaitBudget
 from .sqlite_copies import record_original
 
 
@@ -51,40 +55,83 @@ def uri_creator(url: sa.engine.URL, path: Path, guard: Callable[[], None], timeo
     return connect
 
 
+def missing_file_guard(path: Path, missing: str) -> Callable[[], str | None]:
+    """What connecting does when the SQLite file is missing (see
+    connections.migration_engine): a typo in the URL must not quietly create and migrate
+    an empty database."""
+    def guard() -> str | None:
+        if path.exists():
+            return None
+        if missing == "create":
+            print(f"Creating new database at {path}")
+            return None
+        if missing == "compare with empty":
+            # The tutorial runs `db migrate` before any database exists: compare the models
+            # with an empty database in memory, and leave the file to `db upgrade`.
+            print(f"No database at {path} yet: comparing the models with an empty database")
+            return "memory"
+        raise MigrationError(
+            f"no database at {path} (check DATABASE_URL); only `db upgrade` creates one")
+
+    return guard
+
+
 def on_connect(dbapi_connection, connection_record) -> None:
     dbapi_connection.isolation_level = None
     dbapi_connection.execute("PRAGMA foreign_keys=ON")
 
 
-def on_begin(connection) -> None:
-    options = connection.get_execution_options()
-    if options.get("migration"):
-        # With enforcement on, a batch copy's DROP TABLE of a parent table deletes (ON DELETE
-        # CASCADE) or blocks on its child rows; SQLite ignores this pragma inside a
-        # transaction, so it goes before BEGIN. on_commit checks the keys instead.
-        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
-    budget = options.get("lock_budget")
-    if budget is None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-        return
-    # SQLite's busy timeout is per statement; the run's waits together get one timeout.
-    connection.exec_driver_sql(f"PRAGMA busy_timeout = {budget.milliseconds_left()}")
-    with budget.spend():
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def on_commit(connection) -> None:
-    """Before a migration commits, every foreign key must hold, as SQLite's documented
-    ALTER TABLE procedure checks; a violation rolls the revision back."""
-    if not connection.get_execution_options().get("migration"):
-        return
+def foreign_key_violations(connection) -> dict[tuple[str, str], int]:
+    """{(table, parent): rows} of every row whose foreign key finds no parent row, as
+    SQLite's own `PRAGMA foreign_key_check` reports them."""
     violations: dict[tuple[str, str], int] = {}
     for table, _rowid, parent, _fkid in connection.exec_driver_sql("PRAGMA foreign_key_check"):
         violations[(table, parent)] = violations.get((table, parent), 0) + 1
-    if violations:
-        raise MigrationError("foreign key check failed, revision rolled back: " + "; ".join(
-            f"{count} row(s) of {table} refer to missing {parent} rows"
-            for (table, parent), count in sorted(violations.items())))
+    return violations
+
+
+def describe_violations(violations: dict[tuple[str, str], int]) -> str:
+    return "; ".join(f"{count} row(s) of {table} refer to missing {parent} rows"
+                     for (table, parent), count in sorted(violations.items()))
+
+
+class RunListeners:
+    """A migration run's transactions: BEGIN IMMEDIATE within the run's wait budget, foreign
+    keys unenforced during the revision (a batch copy's DROP TABLE of a parent table would
+    delete or block on its child rows) and checked before it commits, as SQLite's documented
+    ALTER TABLE procedure does. Violations that were there before the run are not the
+    revision's: they are said once, and only new ones roll a revision back."""
+
+    def __init__(self, budget: WaitBudget) -> None:
+        self.budget = budget
+        self.known: dict[tuple[str, str], int] | None = None  # violations before this revision
+
+    def on_begin(self, connection) -> None:
+        # SQLite ignores this pragma inside a transaction, so it goes before BEGIN.
+        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        # SQLite's busy timeout is per statement; the run's waits together get one timeout.
+        connection.exec_driver_sql(f"PRAGMA busy_timeout = {self.budget.milliseconds_left()}")
+        with self.budget.spend():
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        if self.known is None:
+            self.known = foreign_key_violations(connection)
+            if self.known:
+                print(f"NOTE: the database already breaks foreign keys: "
+                      f"{describe_violations(self.known)} (`db check` lists them); a revision "
+                      "fails only for rows it leaves without a parent", file=sys.stderr)
+
+    def on_commit(self, connection) -> None:
+        now = foreign_key_violations(connection)
+        new = {key: count - self.known.get(key, 0) for key, count in now.items()
+               if count > self.known.get(key, 0)}
+        if new:
+            raise MigrationError("foreign key check failed, revision rolled back: "
+                                 + describe_violations(new))
+        self.known = now
+
+
+def on_plain_begin(connection) -> None:
+    connection.exec_driver_sql("BEGIN")
 
 
 def on_checkin(dbapi_connection, connection_record) -> None:
@@ -92,19 +139,22 @@ def on_checkin(dbapi_connection, connection_record) -> None:
         dbapi_connection.execute("PRAGMA foreign_keys=ON")
 
 
-def install(engine: sa.engine.Engine, guard: Callable[[], None]) -> None:
-    """Put the listeners on this engine (once)."""
-    if sa.event.contains(engine, "begin", on_begin):
-        return
-
+def install(engine: sa.engine.Engine, guard: Callable[[], str | None] | None,
+            budget: WaitBudget | None) -> None:
+    """Put the listeners on one of this package's engines: a migration run's with `budget`,
+    else a reader's."""
     def on_do_connect(dialect, connection_record, cargs, cparams):
-        if guard() == "memory":
+        if guard is not None and guard() == "memory":
             cargs[:] = [":memory:"]
             cparams["uri"] = False
 
     sa.event.listen(engine, "connect", on_connect)
-    sa.event.listen(engine, "begin", on_begin)
-    sa.event.listen(engine, "commit", on_commit)
-    sa.event.listen(engine, "checkin", on_checkin)
     sa.event.listen(engine, "do_connect", on_do_connect)
+    if budget is None:
+        sa.event.listen(engine, "begin", on_plain_begin)
+        return
+    run = RunListeners(budget)
+    sa.event.listen(engine, "begin", run.on_begin)
+    sa.event.listen(engine, "commit", run.on_commit)
+    sa.event.listen(engine, "checkin", on_checkin)
     sa.event.listen(engine, "before_cursor_execute", record_original)

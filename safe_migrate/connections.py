@@ -1,0 +1,57 @@
+"""Migration connections: the only connections this package configures.
+
+Each command makes its own engine from the app's database URL (never the app's engine, which
+stays exactly as Flask-SQLAlchemy made it: no listener, pragma, BEGIN mode or timeout of ours
+reaches a web request, `flask shell` or the app's tests). The backend's module
+(sqlite.py, postgres.py) puts its settings on that engine alone. With a wait budget it is the
+engine of a migration run: its transactions take the write lock and its lock waits are
+bounded by MIGRATE_LOCK_TIMEOUT; without one, it only reads.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from . import postgres, sqlite
+from .locks import WaitBudget
+from .settings import Settings
+
+
+def database_url(uri: str | sa.engine.URL) -> sa.engine.URL:
+    """The app's database URL, parsed (errors.describe words a malformed one)."""
+    return sa.engine.make_url(uri)
+
+
+def migration_engine(url: sa.engine.URL, path: Path | None, settings: Settings,
+                     app_connect_args: dict, *, budget: WaitBudget | None = None,
+                     missing: str = "refuse") -> sa.engine.Engine:
+    """A new engine on the app's database for one command. `missing` says what connecting
+    does when the SQLite file does not exist: "refuse" (it may be a typo), "create"
+    (`db upgrade`, `db stamp`) or "compare with empty" (`db migrate` before any database)."""
+    connect_args = dict(app_connect_args)
+    options: dict = {"poolclass": sa.pool.NullPool}
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        # pysqlite's `timeout` is SQLite's busy timeout: wait for a lock, then fail.
+        connect_args.setdefault("timeout", settings.lock_timeout)
+        if path is not None:
+            guard = sqlite.missing_file_guard(path, missing)
+            if url.query.get("uri") == "true":
+                options["creator"] = sqlite.uri_creator(url, path, guard, settings.lock_timeout)
+            else:
+                url = url.set(database=str(path))
+    elif backend == "postgresql":
+        # The name shows in pg_stat_activity, so a waiting migration can say who holds
+        # the lock.
+        client = f"safe_migrate pid {os.getpid()} on {socket.gethostname()}"[:63]
+        connect_args.setdefault("application_name", client)
+        connect_args.setdefault("connect_timeout", settings.connect_timeout)
+    engine = sa.create_engine(url, connect_args=connect_args, **options)
+    if backend == "sqlite":
+        sqlite.install(engine, guard if path is not None else None, budget)
+    elif backend == "postgresql" and budget is not None:
+        postgres.install(engine, settings)
+    return engine
