@@ -2,6 +2,8 @@
 (refused before anything runs, naming the command's own keys), and a database URL whose
 dialect or driver is not there (the package to install, never the password). Each
 command's help lists its own -x keys. Through both CLIs."""
+import sys
+
 import pytest
 from conftest import CLIS
 
@@ -130,3 +132,27 @@ def test_the_db_commands_are_listed_when_the_driver_is_missing(make_project):
     code, output = project.db("--help" if project.cli == "flask" else "-?")
     assert code == 0, output
     assert "upgrade" in output and "No such command" not in output
+
+
+RUN_ANOTHER_WAY = """
+from alembic import command
+from migrate_example import app, migrate
+
+with app.app_context():
+    command.upgrade(migrate.get_config(x_arg=["backup=off", "yse"]), "head")
+"""
+
+
+@pytest.mark.parametrize("cli", ["manager"])  # no CLI: Alembic's own command, from a script
+def test_a_run_started_another_way_checks_x_too(sqlite_project):
+    """Alembic's command called directly (no `db` command to check first): the runner reads
+    -x with the same parser, any command's key allowed, and refuses a typo."""
+    project = sqlite_project
+    assert project.db("upgrade", project.revisions()[0], "-x", "backup=off")[0] == 0
+    project.populate(10)
+    before = project.state()
+    code, output = project.run(sys.executable, "-c", RUN_ANOTHER_WAY)
+    assert code != 0
+    assert ("MigrationError: unknown -x option 'yse'; known: backup=off, foreign, lose=TABLE, "
+            "names=convention, rename=TABLE.OLD:NEW, yes") in output
+    assert project.state() == before
