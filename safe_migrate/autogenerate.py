@@ -15,11 +15,7 @@ from alembic.operations import ops
 from .errors import MigrationError
 from .lock_hazards import lock_hazards
 from .names import NamesOnly
-
-
-def x_values(x_arg, key: str) -> list[str]:
-    """The values of `-x KEY=VALUE` options for one key, in order."""
-    return [value for name, _, value in (x.partition("=") for x in x_arg or []) if name == key]
+from .options import RunOptions
 
 
 def ask(question: str) -> bool:
@@ -71,17 +67,6 @@ def count_rows(connection, table: str, null_in: str | None = None) -> int:
     if null_in is not None:
         query = query.where(sa.column(null_in).is_(None))
     return connection.execute(query).scalar()
-
-
-def rename_answers(x_arg):
-    """`-x rename=company.clocation:location` and `-x rename=company:firm`, as
-    {"company.clocation": "company.location", "company": "firm"}."""
-    answers = {}
-    for value in x_values(x_arg, "rename"):
-        old, _, new = value.partition(":")
-        table = old.rpartition(".")[0]
-        answers[old] = f"{table}.{new}" if table else new
-    return answers
 
 
 def confirm_rename(old, new, answers):
@@ -273,14 +258,15 @@ def op_column_name(op):
     return op.column.name if isinstance(op, ops.AddColumnOp) else op.column_name
 
 
-def revision_directives_hook(x_arg, autogenerate: bool):
+def revision_directives_hook(options: RunOptions, autogenerate: bool):
     """Alembic's process_revision_directives: no file when autogenerate finds no change,
-    renames where confirmed, then a warning for each operation that can lose data."""
-    answers = rename_answers(x_arg)
+    renames where confirmed (-x rename=..., options.py), then a warning for each operation
+    that can lose data."""
+    answers = dict(options.renames)
 
     def process_revision_directives(context, revision, directives):
         script = directives[0]
-        if autogenerate and "convention" not in x_values(x_arg, "names"):
+        if autogenerate and not options.names_convention:
             names = NamesOnly(context.connection, context.opts["target_metadata"])
             names.leave_out(script.upgrade_ops)
             names.leave_out(script.downgrade_ops)

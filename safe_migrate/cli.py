@@ -17,6 +17,7 @@ from flask.cli import AppGroup, with_appcontext
 
 from . import commands
 from .errors import reported
+from .options import x_help
 
 
 class Opt:
@@ -24,13 +25,15 @@ class Opt:
     class: a dataclass costs more at start-up than every command's parser.)"""
 
     def __init__(self, flags: tuple, help: str = "", default=None, flag: bool = False,
-                 multiple: bool = False, nargs: str | None = None) -> None:
+                 multiple: bool = False, nargs: str | None = None,
+                 metavar: str | None = None) -> None:
         self.flags = flags
         self.help = help
         self.default = default
         self.flag = flag            # --sql: true when given
         self.multiple = multiple    # -x a -x b
         self.nargs = nargs          # arguments: "?" (optional), "+" (one or more)
+        self.metavar = metavar      # the value's name in help: -x KEY[=VALUE]
         self.dest = max(flags, key=len).lstrip("-").replace("-", "_")
 
     @property
@@ -43,9 +46,13 @@ def opt(*flags, **kwargs) -> Opt:
 
 
 DIRECTORY = opt("-d", "--directory", help="Migration script directory (default is 'migrations')")
-X_ARG = opt("-x", "--x-arg", multiple=True,
-            help="Additional arguments consumed by custom env.py scripts (rename=TABLE.OLD:NEW, "
-                 "yes, backup=off, lose=TABLE, foreign)")
+
+
+def x_arg(command: str) -> Opt:
+    """-x, with the keys this command takes (options.py) as its help."""
+    return opt("-x", "--x-arg", multiple=True, metavar="KEY[=VALUE]", help=x_help(command))
+
+
 SQL = opt("--sql", flag=True, help="Don't emit SQL to database - dump to standard output instead")
 TAG = opt("--tag", help="Arbitrary 'tag' name - can be used by custom env.py scripts")
 MESSAGE = opt("-m", "--message", help="Revision message")
@@ -70,17 +77,17 @@ COMMANDS = {
                                                                            "migration (not supported)")]),
     "revision": (commands.revision, [DIRECTORY, MESSAGE, opt("--autogenerate", flag=True, help=(
         "Populate revision script with candidate migration operations, based on comparison of "
-        "database to model")), SQL, *NEW_REVISION, X_ARG]),
-    "migrate": (commands.migrate, [DIRECTORY, MESSAGE, SQL, *NEW_REVISION, X_ARG]),
+        "database to model")), SQL, *NEW_REVISION, x_arg("revision")]),
+    "migrate": (commands.migrate, [DIRECTORY, MESSAGE, SQL, *NEW_REVISION, x_arg("migrate")]),
     "edit": (commands.edit, [DIRECTORY, opt("revision", nargs="?", default="head",
                                             help="revision identifier")]),
     "merge": (commands.merge, [DIRECTORY, MESSAGE, opt("--branch-label", help=(
         "Specify a branch label to apply to the new revision")), opt("--rev-id", help=(
             "Specify a hardcoded revision id instead of generating one")),
         opt("revisions", nargs="+", help="one or more revisions, or 'heads' for all heads")]),
-    "upgrade": (commands.upgrade, [DIRECTORY, SQL, TAG, X_ARG, *REHEARSE, opt(
+    "upgrade": (commands.upgrade, [DIRECTORY, SQL, TAG, x_arg("upgrade"), *REHEARSE, opt(
         "revision", nargs="?", default="head", help="revision identifier")]),
-    "downgrade": (commands.downgrade, [DIRECTORY, SQL, TAG, X_ARG, *REHEARSE, opt(
+    "downgrade": (commands.downgrade, [DIRECTORY, SQL, TAG, x_arg("downgrade"), *REHEARSE, opt(
         "revision", nargs="?", default="-1", help="revision identifier")]),
     "show": (commands.show, [DIRECTORY, opt("revision", nargs="?", default="head",
                                             help="revision identifier")]),
@@ -98,7 +105,7 @@ COMMANDS = {
     "check": (commands.check, [DIRECTORY]),
     "repair": (commands.repair, [DIRECTORY]),
     "restore": (commands.restore, [opt("snapshot", help="a snapshot file, from backups/ beside "
-                                                        "the database"), X_ARG]),
+                                                        "the database"), x_arg("restore")]),
 }
 
 
@@ -140,8 +147,10 @@ class DbCommand(flask_script.Command):
         if o.positional:
             return flask_script.Option(o.dest, nargs=o.nargs, default=o.default, help=o.help)
         action = "store_true" if o.flag else "append" if o.multiple else "store"
+        metavar = {"metavar": o.metavar} if o.metavar else {}
         return flask_script.Option(*o.flags, dest=o.dest, action=action,
-                                   default=False if o.flag else o.default, help=o.help)
+                                   default=False if o.flag else o.default, help=o.help,
+                                   **metavar)
 
     def run(self, **kwargs):
         return self.func(**kwargs)
@@ -179,7 +188,8 @@ def click_param(o: Opt) -> click.Parameter:
         nargs = -1 if o.nargs == "+" else 1
         return click.Argument([o.dest], nargs=nargs, required=o.nargs != "?", default=o.default)
     return click.Option([*o.flags, o.dest], is_flag=o.flag or None, multiple=o.multiple,
-                        default=o.default if not o.flag else False, help=o.help)
+                        default=o.default if not o.flag else False, help=o.help,
+                        metavar=o.metavar)
 
 
 def click_command(name: str, func, options) -> click.Command:

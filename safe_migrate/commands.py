@@ -25,6 +25,7 @@ from .checksums import (
 )
 from .errors import MigrationError
 from .extension import current_state
+from .options import run_options
 from .revisions import database_heads, revision_index
 from .snapshots import (
     check_snapshot,
@@ -66,6 +67,7 @@ def init(directory=None, multidb=False):
 def revision(directory=None, message=None, autogenerate=False, sql=False, head="head",
              splice=False, branch_label=None, version_path=None, rev_id=None, x_arg=None):
     """Create a new revision file (--autogenerate: from the models, asking about renames)"""
+    run_options(x_arg, "revision")  # an unknown or malformed -x: refused before anything runs
     from alembic import command
     from alembic.util import CommandError
 
@@ -83,6 +85,7 @@ def revision(directory=None, message=None, autogenerate=False, sql=False, head="
 def migrate(directory=None, message=None, sql=False, head="head", splice=False,
             branch_label=None, version_path=None, rev_id=None, x_arg=None):
     """Alias for 'revision --autogenerate'"""
+    run_options(x_arg, "migrate")
     revision(directory, message, True, sql, head, splice, branch_label, version_path, rev_id,
              x_arg)
 
@@ -106,6 +109,7 @@ def upgrade(directory=None, revision="head", sql=False, tag=None, x_arg=None, re
             round_trip=False):
     """Upgrade to a later version (a SQLite file is snapshotted first; -x backup=off skips;
     --rehearse runs it on a copy and reports)"""
+    run_options(x_arg, "upgrade")
     if rehearse or round_trip:
         return rehearse_run("upgrade", directory, revision, x_arg, round_trip)
     if not sql and revision in ("head", "heads") and nothing_to_upgrade(directory):
@@ -168,6 +172,7 @@ def downgrade(directory=None, revision="-1", sql=False, tag=None, x_arg=None, re
     """Revert to a previous version (a SQLite file is snapshotted first; -x backup=off
     skips; to base, or dropping tables that hold rows, asks first: -x yes answers;
     --rehearse runs it on a copy and reports)"""
+    run_options(x_arg, "downgrade")
     if rehearse or round_trip:
         return rehearse_run("downgrade", directory, revision, x_arg, round_trip)
     from alembic import command
@@ -309,8 +314,9 @@ def restore(snapshot, x_arg=None):
     from .runner import revision_label
     from .sqlite import is_read_only
 
+    options = run_options(x_arg, "restore")
     state = current_state()
-    path, snapshot, x_arg = state.path, Path(snapshot), x_arg or []
+    path, snapshot = state.path, Path(snapshot)
     if path is None:
         raise MigrationError("restore works on SQLite files only; use your server's backups")
     if is_read_only(state.url):
@@ -331,13 +337,13 @@ def restore(snapshot, x_arg=None):
     with state.lock(budget):
         with closing(read_only(path, budget.left)) as conn:
             ours = identity(conn)
-        if (ours is None or origin != ours) and "foreign" not in x_arg:
+        if (ours is None or origin != ours) and not options.foreign:
             raise MigrationError(
                 f"{snapshot} was not taken from {path} (it has no migration_database "
                 "identity, or another one); nothing changed. To restore it anyway, add "
                 "-x foreign")
         lost = rows_only_in(path, snapshot, budget.left)
-        if lost and "yes" not in x_arg:
+        if lost and not options.yes:
             what = (f"{path.name} has rows that {snapshot.name} lacks, which a restore loses: "
                     + ", ".join(f"{table} ({rows} rows)" for table, rows in lost.items()))
             insist_on_yes(what, "Restore?", "restore", "nothing changed")

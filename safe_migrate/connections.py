@@ -18,11 +18,13 @@ import sqlalchemy as sa
 from . import postgres, sqlite
 from .locks import WaitBudget
 from .settings import Settings
+from .urls import check_database_url
 
 
 def database_url(uri: str | sa.engine.URL) -> sa.engine.URL:
-    """The app's database URL, parsed (errors.describe words a malformed one)."""
-    return sa.engine.make_url(uri)
+    """The app's database URL, parsed and checked: a dialect or driver that is not there is
+    one line (urls.py)."""
+    return check_database_url(uri)
 
 
 def migration_engine(url: sa.engine.URL, path: Path | None, settings: Settings,

@@ -24,7 +24,6 @@ from .autogenerate import (
     insist_on_yes,
     library_warnings_as_notes,
     revision_directives_hook,
-    x_values,
 )
 from .checksums import (
     ensure_checksum_table,
@@ -33,6 +32,7 @@ from .checksums import (
 )
 from .errors import Interrupted, MigrationError, interrupt_in
 from .extension import MigrateState, current_state
+from .options import run_options
 from .postgres import retrying
 from .rehearsal import LockWatch, rows_before_after
 from .snapshots import (
@@ -193,7 +193,7 @@ class Run:
         self.state = state
         self.connection = connection
         self.file_existed = existed
-        self.x_arg = context.get_x_argument()
+        self.options = run_options(context.get_x_argument())  # any command's keys: see options.py
         self.had_version_table = sa.inspect(connection).has_table("alembic_version")
         # {table: rows} a downgrade must not drop unasked (see after_revision).
         self.rows_held: dict[str, int] = {}
@@ -219,7 +219,7 @@ class Run:
                **({"transaction_per_migration": False} if in_rehearsal else {}),
                "on_version_apply": self.after_revision,
                "include_name": not_our_bookkeeping,
-               "process_revision_directives": revision_directives_hook(self.x_arg, autogenerate)})
+               "process_revision_directives": revision_directives_hook(self.options, autogenerate)})
         self.context.configure(**options)
         # Alembic's command gave the context the function that lists the steps to run (the
         # public `opts["fn"]`); the context calls it through `_migrations_fn`, which Alembic
@@ -316,11 +316,11 @@ class Run:
             refuse_unversioned_database(self.connection)
         destination = destination_label(steps)
         if not upgrade and not confirm_downgrade(rows_to_be_dropped(self.connection, steps),
-                                                 destination, self.x_arg):
+                                                 destination, self.options.yes):
             # Nobody said yes to losing rows: whatever statement would drop a table that
             # holds rows, after_revision notices it before the revision commits.
             self.rows_held = tables_holding_rows(self.connection)
-        if self.file_existed and "off" not in x_values(self.x_arg, "backup"):
+        if self.file_existed and self.options.backup:
             if not has_identity(self.connection):  # the snapshot must carry it (db restore)
                 with self.connection.begin():
                     give_identity(self.connection)
@@ -372,8 +372,7 @@ class Run:
         path = step.revision_map.get_revision(step.up_revision_id).path
         losses = restore_lost_objects(connection, self.originals, Path(path).read_text())
         self.originals.clear()
-        accepted = x_values(self.x_arg, "lose")
-        losses = [(table, what) for table, what in losses if table not in accepted]
+        losses = [(table, what) for table, what in losses if table not in self.options.lose]
         if losses:
             tables = sorted({table for table, _ in losses})
             raise MigrationError(
@@ -437,10 +436,10 @@ def rows_to_be_dropped(connection, steps) -> dict:
     return holding_rows(connection, tables_dropped_by(steps))
 
 
-def confirm_downgrade(holding_rows: dict, destination: str, x_arg) -> bool:
+def confirm_downgrade(holding_rows: dict, destination: str, yes: bool) -> bool:
     """A downgrade to base, or one that drops tables holding rows, needs a yes. True if the
     user said yes to losing rows (-x yes, or on the terminal)."""
-    if "yes" in x_arg:
+    if yes:
         return True
     if destination != "base" and not holding_rows:
         return False

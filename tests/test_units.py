@@ -1,4 +1,5 @@
 """Fast in-process tests of the package's pure parts: no CLI, no database file."""
+import dataclasses
 import importlib.util
 import sqlite3
 import sys
@@ -6,19 +7,166 @@ import sys
 import pytest
 import sqlalchemy as sa
 from alembic.operations import ops
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from safe_migrate import autogenerate, errors, settings
 from safe_migrate.cli import COMMANDS, DbCommand, click_param
 from safe_migrate.errors import MigrationError, describe, mask_passwords
 from safe_migrate.lock_hazards import hazards, lock_hazards
+from safe_migrate.options import COMMAND_KEYS, KEYS, RunOptions, run_options
+from safe_migrate.urls import check_database_url
 
 # --- -x options and renames ---------------------------------------------------------------
 
 
 def test_rename_answers_read_columns_and_tables():
-    answers = autogenerate.rename_answers(
-        ["rename=company.clocation:location", "backup=off", "rename=company:firm"])
-    assert answers == {"company.clocation": "company.location", "company": "firm"}
+    options = run_options(["rename=company.clocation:location", "rename=company:firm"], "migrate")
+    assert dict(options.renames) == {"company.clocation": "company.location", "company": "firm"}
+
+
+@pytest.mark.parametrize("command, x_arg, expected", [
+    ("upgrade", ["backup=off", "lose=firm", "lose=company"],
+     RunOptions(backup=False, lose=frozenset({"firm", "company"}))),
+    ("downgrade", ["yes", "backup=off"], RunOptions(yes=True, backup=False)),
+    ("restore", ("yes", "foreign"), RunOptions(yes=True, foreign=True)),  # click gives a tuple
+    ("migrate", ["names=convention"], RunOptions(names_convention=True)),
+    ("revision", None, RunOptions()),  # argparse gives None
+    ("upgrade", (), RunOptions(backup=True, yes=False, lose=frozenset())),
+])
+def test_each_command_reads_its_own_keys(command, x_arg, expected):
+    assert run_options(x_arg, command) == expected
+
+
+def test_run_options_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        run_options(["yes"], "downgrade").yes = False
+
+
+@pytest.mark.parametrize("command, x_arg, message", [
+    ("upgrade", ["yse"], "unknown -x option 'yse' for upgrade; known: backup=off, lose=TABLE"),
+    ("upgrade", ["backup=of"],
+     "invalid -x option 'backup=of' for upgrade; known: backup=off, lose=TABLE"),
+    ("upgrade", ["yes"], ("unknown -x option 'yes' for upgrade (downgrade, restore take it); "
+                         "known: backup=off, lose=TABLE")),
+    ("restore", ["backup=off"], ("unknown -x option 'backup' for restore (upgrade, downgrade "
+                                "take it); known: yes, foreign")),
+    ("migrate", ["foreign"], ("unknown -x option 'foreign' for migrate (restore takes it); "
+                             "known: rename=TABLE.OLD:NEW, names=convention")),
+    ("downgrade", ["lose="], ("invalid -x option 'lose=' for downgrade; "
+                             "known: yes, backup=off, lose=TABLE")),
+    (None, ["zz"], ("unknown -x option 'zz'; known: backup=off, foreign, lose=TABLE, "
+                   "names=convention, rename=TABLE.OLD:NEW, yes")),
+])
+def test_a_wrong_option_is_one_line_naming_the_known_keys(command, x_arg, message):
+    with pytest.raises(MigrationError) as caught:
+        run_options(x_arg, command)
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("command, item", [
+    ("upgrade", "backup"), ("upgrade", "backup=on"), ("upgrade", "backup="),
+    ("upgrade", "lose"), ("upgrade", "lose= "), ("downgrade", "yes=1"),
+    ("restore", "foreign=x"), ("migrate", "names"), ("migrate", "names=yes"),
+    ("migrate", "rename"), ("migrate", "rename=company"), ("migrate", "rename=:firm"),
+    ("migrate", "rename=company:"), ("migrate", "rename=company.:location"),
+    ("migrate", "rename=.clocation:location"), ("revision", "rename=a.b:a.c"),
+])
+def test_a_malformed_value_is_refused(command, item):
+    with pytest.raises(MigrationError, match=f"^invalid -x option '{item}' for {command}; "):
+        run_options([item], command)
+
+
+def test_a_run_started_another_way_takes_every_key():
+    """The runner reads Alembic's -x for any command (None): a typo is still refused."""
+    every = ["yes", "foreign", "backup=off", "lose=t", "rename=a.b:c", "names=convention"]
+    assert run_options(every) == RunOptions(
+        yes=True, foreign=True, backup=False, lose=frozenset({"t"}), renames=(("a.b", "a.c"),),
+        names_convention=True)
+
+
+@hypothesis_settings(derandomize=True, max_examples=300, deadline=None)
+@given(command=st.sampled_from([None, *COMMAND_KEYS]),
+       x_arg=st.lists(st.one_of(st.sampled_from(
+           ["yes", "foreign", "backup=off", "lose=t", "rename=a.b:c", "names=convention",
+            "backup", "lose=", "rename=a"]), st.text(max_size=12)), max_size=4))
+def test_any_x_arg_is_read_or_refused_in_one_line(command, x_arg):
+    """Whatever is given, the parser returns options or one line naming the known keys.
+    (More examples locally: raise max_examples.)"""
+    try:
+        options = run_options(x_arg, command)
+    except MigrationError as exc:
+        message = str(exc)
+        assert "\n" not in message  # items are shown with repr(): one line whatever they hold
+        assert "; known: " in message and (command is None or f" for {command}" in message)
+        return
+    assert isinstance(options, RunOptions)
+    keys = {item.partition("=")[0] for item in x_arg}
+    allowed = set(KEYS) if command is None else set(COMMAND_KEYS[command])
+    assert keys <= allowed
+    assert options.yes == ("yes" in x_arg) and options.backup == ("backup=off" not in x_arg)
+
+
+@pytest.mark.parametrize("command", sorted(COMMAND_KEYS))
+def test_each_command_x_help_names_only_its_keys(command):
+    help_text = next(o.help for o in COMMANDS[command][1] if o.dest == "x_arg")
+    for key, spec in KEYS.items():
+        assert (spec.form in help_text) == (key in COMMAND_KEYS[command]), (key, help_text)
+
+
+def test_every_command_with_x_has_its_keys():
+    with_x = {name for name, (_, options) in COMMANDS.items()
+              if any(o.dest == "x_arg" for o in options)}
+    assert with_x == set(COMMAND_KEYS)
+
+
+# --- database URLs --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["sqlite:///data.db", "sqlite://", "postgresql://u:secret@h/x",
+                                 "postgresql+psycopg2://u@h:5433/x?sslmode=require"])
+def test_a_url_sqlalchemy_can_use_is_returned_parsed(url):
+    assert check_database_url(url) == sa.engine.make_url(url)
+    assert check_database_url(sa.engine.make_url(url)) == sa.engine.make_url(url)
+
+
+@pytest.mark.parametrize("url, missing, message", [
+    ("postgres://u:secret@h/x", None,
+     "postgres://u:***@h/x: use postgresql:// (SQLAlchemy 1.4 dropped the postgres name)"),
+    ("mysql://u:secret@127.0.0.1/x", "MySQLdb",
+     ("mysql://u:***@127.0.0.1/x: the mysqldb driver's module MySQLdb is not installed: pip "
+     "install PyMySQL and use mysql+pymysql://, or pip install mysqlclient")),
+    ("mysql+pymysql://u:secret@h/x", "pymysql",
+     ("mysql+pymysql://u:***@h/x: the pymysql driver's module pymysql is not installed: pip "
+     "install PyMySQL")),
+    ("postgresql://u:secret@h/x", "psycopg2",
+     ("postgresql://u:***@h/x: the psycopg2 driver's module psycopg2 is not installed: pip "
+     "install psycopg2-binary")),
+    ("postgresql+asyncpg://u:secret@h/x", None,
+     ("postgresql+asyncpg://u:***@h/x: asyncpg is an async driver, which migrations cannot run "
+     "on here: use postgresql:// (psycopg2)")),
+    ("sqlite+aiosqlite:///data.db", None,
+     ("sqlite+aiosqlite:///data.db: aiosqlite is an async driver, which migrations cannot run "
+     "on here: use sqlite:// (pysqlite)")),
+    ("mysql+nodriver://u:secret@h/x", None,
+     "mysql+nodriver://u:***@h/x: SQLAlchemy has no driver 'nodriver' for mysql"),
+    ("nodb://u:secret@h/x", None, "nodb://u:***@h/x: SQLAlchemy knows no database 'nodb'"),
+])
+def test_a_url_that_cannot_run_is_one_line(monkeypatch, url, missing, message):
+    if missing:  # the driver's module as if not installed, whatever this machine has
+        monkeypatch.setitem(sys.modules, missing, None)
+    with pytest.raises(MigrationError) as caught:
+        check_database_url(url)
+    assert str(caught.value) == f"database URL {message}"
+    assert describe(caught.value) == f"database URL {message}"
+
+
+def test_a_string_that_is_no_url_is_one_line_without_its_password():
+    with pytest.raises(MigrationError) as caught:
+        check_database_url("u:secret@localhost")
+    assert "secret" not in str(caught.value)
+    assert str(caught.value).startswith("DATABASE_URL is not a database URL (")
 
 
 def test_a_confirmed_column_rename_replaces_the_drop_and_the_add():
