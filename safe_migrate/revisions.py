@@ -262,7 +262,11 @@ def as_in_source(module, path: str) -> bool:
     missing = object()
     if any(facts.get(name, missing) != getattr(module, name, missing) for name in IDENTITY):
         return False
-    doc, source_doc = module.__doc__, ast.get_docstring(tree, clean=False)
+    first = tree.body[0] if tree.body else None  # (not ast.get_docstring: 3.11's needs ast.Str)
+    source_doc = (first.value.value if isinstance(first, ast.Expr)
+                  and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)
+                  else None)
+    doc = module.__doc__
     # Python 3.13 strips docstrings' indentation as it compiles them.
     return doc == source_doc or (doc is not None and source_doc is not None
                                  and inspect.cleandoc(doc) == inspect.cleandoc(source_doc))
