@@ -58,8 +58,8 @@ CONFIGS = {
         "path_separator = os\nversion_locations = %(here)s/versions" + os.pathsep
         + "%(here)s/more\n", ["versions", "more"]),
     "two folders, legacy split, recursive": (
-        "version_locations = %(here)s/versions, %(here)s/more\n"
-        "recursive_version_locations = true\n", ["versions", "more", "more/nested"]),
+        ("version_locations = %(here)s/versions, %(here)s/more\n"
+         "recursive_version_locations = true\n"), ["versions", "more", "more/nested"]),
     "sourceless": ("sourceless = true\n", ["versions"]),
 }
 
@@ -110,7 +110,7 @@ def cache_answer(directory):
 def outcome(answer, directory):
     try:
         return answer(directory)
-    except Exception as exc:  # Alembic refuses the history: the cache must too
+    except Exception as exc:  # noqa: BLE001 (Alembic refuses the history: the cache must too)
         return type(exc).__name__
 
 
@@ -370,3 +370,114 @@ def test_a_cache_file_that_is_not_json_is_rebuilt(tmp_path, text):
     index = good_index(tmp_path)
     (tmp_path / "__pycache__" / CACHE_NAME).write_text(text)
     assert good_index(tmp_path) == index
+
+
+# --- through both CLIs ---------------------------------------------------------------------
+
+HEAD = "edee0e2ae9aa"  # the committed history's head
+CREATE_TABLE = '''"""{rev}"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = {rev!r}
+down_revision = {down!r}
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.create_table({table!r}, sa.Column("id", sa.Integer, primary_key=True))
+
+
+def downgrade():
+    op.drop_table({table!r})
+'''
+
+
+@pytest.fixture(params=CLIS)
+def cli(request):
+    return request.param
+
+
+def write_revision(path, rev, down, table):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(CREATE_TABLE.format(rev=rev, down=down, table=table))
+
+
+def set_options(project, lines):
+    ini = project.path / "migrations" / "alembic.ini"
+    ini.write_text(ini.read_text().replace("[alembic]\n", "[alembic]\n" + lines, 1))
+
+
+def test_a_revision_in_a_nested_folder_or_another_location_is_applied(sqlite_project):
+    project, migrations = sqlite_project, sqlite_project.path / "migrations"
+    assert project.db("upgrade")[0] == 0
+    set_options(project, "recursive_version_locations = true\n")
+    assert project.db("upgrade")[0] == 0
+    write_revision(migrations / "versions" / "2026" / "nest0001_nested.py", "nest0001", HEAD,
+                   "nested_one")
+
+    code, output = project.db("check")
+    assert code == 1 and f"database at {HEAD}, migrations' head is nest0001" in output, output
+    code, output = project.db("upgrade", "-x", "backup=off")
+    assert code == 0 and "-> nest0001" in output, output
+    assert project.version() == "nest0001" and "nested_one" in project.tables()
+    assert project.db("current") == (0, "nest0001 (head)\n")
+
+    set_options(project, f"path_separator = os\nversion_locations = %(here)s/versions"
+                         f"{os.pathsep}%(here)s/extra\n")
+    write_revision(migrations / "extra" / "extr0001_extra.py", "extr0001", "nest0001",
+                   "extra_one")
+    assert project.db("heads") == project.db("heads", "--resolve-dependencies") == (
+        0, "extr0001 (head)\n")
+    code, output = project.db("upgrade", "-x", "backup=off")
+    assert code == 0 and "nest0001 -> extr0001" in output, output
+    assert project.version() == "extr0001" and "extra_one" in project.tables()
+    assert project.db("upgrade") == (0, "")  # nothing to do, from the cache
+    assert project.db("history") == project.db("history", "-r", "base:heads")
+
+
+def test_an_edit_that_keeps_size_and_mtime_is_seen(sqlite_project):
+    # Without bytecode (PYTHONDONTWRITEBYTECODE=1, as container images often set it), Python
+    # reads the edited source; with it, Python and so Alembic run the stale .pyc
+    # (test_a_stale_pyc_is_alembics_answer_too).
+    project, env = sqlite_project, {"PYTHONDONTWRITEBYTECODE": "1"}
+    assert project.db("upgrade", env=env)[0] == 0
+    first, second = "aaaa00000001", "bbbb00000002"  # as long as HEAD
+    for rev in (first, second):
+        project.add_revision(rev, "def upgrade():\n    pass\n\n\ndef downgrade():\n"
+                                  "    pass\n", down_revision=HEAD)
+    assert project.db("heads", env=env) == (0, f"{first} (head)\n{second} (head)\n")
+
+    pending = project.path / "migrations" / "versions" / f"{second}_test.py"
+    same_size_and_mtime(pending, f"down_revision = {HEAD!r}", f"down_revision = {first!r}")
+
+    assert project.db("heads", env=env) == project.db(
+        "heads", "--resolve-dependencies", env=env) == (0, f"{second} (head)\n")
+    code, output = project.db("upgrade", "-x", "backup=off", env=env)
+    assert code == 0 and f"{first} -> {second}" in output, output
+    assert project.version() == second
+
+
+def test_a_wrong_directory_is_the_same_line_on_every_command(sqlite_project):
+    lines = {args: sqlite_project.db(*args, "-d", "nosuch")
+             for args in (("current",), ("heads",), ("history",), ("upgrade",), ("check",),
+                          ("current", "--verbose"))}
+    expected = (1, ("Error: Path doesn't exist: nosuch. Please use the 'init' command to "
+                    "create a new scripts folder.\n"))
+    assert lines == dict.fromkeys(lines, expected)
+
+
+@pytest.mark.parametrize("text", ["null", "[]", '{"format": 2}', '"index"'])
+def test_a_cache_file_of_the_wrong_shape_is_rebuilt_by_the_commands(sqlite_project, text):
+    project, migrations = sqlite_project, sqlite_project.path / "migrations"
+    assert project.db("upgrade")[0] == 0
+    # Where this version keeps the cache, and where the one before kept it.
+    for folder in (migrations, migrations / "versions"):
+        (folder / "__pycache__").mkdir(exist_ok=True)
+        (folder / "__pycache__" / CACHE_NAME).write_text(text)
+    assert project.db("current") == (0, f"{HEAD} (head)\n")
+    assert project.db("heads") == (0, f"{HEAD} (head)\n")
+    assert project.db("upgrade") == (0, "")
+    cached = json.loads((migrations / "__pycache__" / CACHE_NAME).read_text())
+    assert cached["format"] == CACHE_FORMAT and cached["index"]["heads"] == [HEAD]
