@@ -7,7 +7,6 @@ for it at start-up.
 """
 from __future__ import annotations
 
-import os
 import sys
 import warnings
 from contextlib import closing
@@ -18,7 +17,6 @@ import sqlalchemy as sa
 from .checksums import (
     applied_dates,
     ensure_checksum_table,
-    file_checksum,
     forget_checksums,
     recorded_checksums,
     remember_checksums,
@@ -44,7 +42,8 @@ def config(directory=None, x_arg=None, opts=None, command=None):
 
 def cached_index(directory=None) -> dict | None:
     """The cached facts about the revision files (revisions.py), or None."""
-    return revision_index(Path(directory or current_state().directory))
+    directory = directory or current_state().directory
+    return revision_index(Path(directory), lambda: config(directory))
 
 
 def script_directory(directory=None):
@@ -161,9 +160,8 @@ def nothing_to_upgrade(directory) -> bool:
         recorded = recorded_checksums(conn)
     if not heads or sorted(heads) != index["heads"]:
         return False
-    files, versions = index["files"], os.path.join(directory, "versions")
-    return all(revision in files
-               and file_checksum(os.path.join(versions, files[revision])) == checksum
+    files, hashes = index["files"], index["hashes"]  # hashed as the cache was checked
+    return all(revision in files and hashes.get(files[revision]) == checksum
                for revision, checksum in recorded.items())
 
 
