@@ -176,21 +176,26 @@ def files(project):
             for p in folder.iterdir() if p.is_file()}
 
 
-def bad_snapshot(project, snapshot, case):
+def bad_snapshot(snapshot, case):
+    """Spoil the snapshot; return its path and what restore says of it."""
     if case == "partial":
         data = snapshot.read_bytes()
         snapshot.write_bytes(data[:len(data) // 2])
-        return "is not a whole SQLite database"
+        return snapshot, "is not a whole SQLite database"
     if case == "damaged":
         damage(snapshot)
-        return "is not a whole SQLite database"
+        return snapshot, "is not a whole SQLite database"
+    if case == "another file's name":  # data.sqlite's, by its name
+        other = snapshot.with_name("data.sqlite." + snapshot.name.removeprefix("data.db."))
+        snapshot.rename(other)
+        return other, "is not named as a snapshot of data.db"
     with closing(sqlite3.connect(snapshot)) as conn:  # a copy of another database
         conn.execute("DROP TABLE migration_database")
         conn.commit()
-    return "is not named as a snapshot of data.db or has no migration_database identity"
+    return snapshot, "is not named as a snapshot of data.db or has no migration_database identity"
 
 
-@pytest.mark.parametrize("case", ["partial", "damaged", "without identity"])
+@pytest.mark.parametrize("case", ["partial", "damaged", "without identity", "another file's name"])
 @pytest.mark.parametrize("live", ["damaged", "missing"])
 def test_a_bad_snapshot_is_refused_and_the_file_left_as_it_is(snapshotted, live, case):
     project, snapshot, _ = snapshotted
@@ -199,7 +204,7 @@ def test_a_bad_snapshot_is_refused_and_the_file_left_as_it_is(snapshotted, live,
         damage(database)
     else:
         database.unlink()
-    expected = bad_snapshot(project, snapshot, case)
+    snapshot, expected = bad_snapshot(snapshot, case)
     before = files(project)
 
     code, output = project.db("restore", snapshot, "-x", "yes")
