@@ -306,10 +306,13 @@ def repair(directory=None):
 
 
 def restore(snapshot, x_arg=None):
-    """Put a snapshot from backups/ back in place of the SQLite database (it asks first if
-    the database has rows the snapshot lacks)"""
+    """Put a snapshot from backups/ back in place of the SQLite database, also of a damaged
+    or a missing one (it asks first if the database has rows the snapshot lacks)"""
+    import sqlite3
+
     from .autogenerate import insist_on_yes
     from .runner import revision_label
+    from .snapshots import applied_revisions, is_damage, is_named_for, replace_database
     from .sqlite import is_read_only
 
     options = run_options(x_arg, "restore")
@@ -321,10 +324,11 @@ def restore(snapshot, x_arg=None):
         raise MigrationError(f"the database URL opens {path} read-only; nothing changed")
     if not snapshot.is_file():
         raise MigrationError(f"no snapshot at {snapshot}")
-    with state.engine.connect() as conn:  # a missing file fails here: it may be a typo
-        heads = database_heads(conn)
     if snapshot.resolve() == path.resolve():
         raise MigrationError(f"{snapshot} is the database itself; name a snapshot from backups/")
+    if not path.parent.is_dir():
+        raise MigrationError(f"no folder {path.parent} for the database (check DATABASE_URL); "
+                             "nothing changed")
     revisions, origin = check_snapshot(snapshot)
     known = revision_index(Path(state.directory))
     for revision in revisions:
@@ -333,23 +337,48 @@ def restore(snapshot, x_arg=None):
                                  "not know: not a snapshot of this project; nothing changed")
     budget = state.wait_budget()
     with state.lock(budget):
-        with closing(read_only(path, budget.left)) as conn:
-            ours = identity(conn)
-        if (ours is None or origin != ours) and not options.foreign:
-            raise MigrationError(
-                f"{snapshot} was not taken from {path} (it has no migration_database "
-                "identity, or another one); nothing changed. To restore it anyway, add "
-                "-x foreign")
-        lost = rows_only_in(path, snapshot, budget.left)
-        if lost and not options.yes:
-            what = (f"{path.name} has rows that {snapshot.name} lacks, which a restore loses: "
-                    + ", ".join(f"{table} ({rows} rows)" for table, rows in lost.items()))
-            insist_on_yes(what, "Restore?", "restore", "nothing changed")
-        undo = take_snapshot(path, f"{revision_label(heads)}-restore", budget.left)
-        try:
-            restore_into(snapshot, path, budget.left)
-        except BaseException:
-            undo.unlink()  # the database is as it was: its copy is no undo
-            raise
+        # The live file is read to compare it with the snapshot, and copied for an undo; one
+        # that SQLite cannot read (or none) is what restore is for.
+        unreadable = None if path.exists() else f"no database at {path} (check DATABASE_URL)"
+        if unreadable is None:
+            try:
+                with closing(read_only(path, budget.left)) as conn:
+                    ours, heads = identity(conn), applied_revisions(conn)
+                if (ours is None or origin != ours) and not options.foreign:
+                    raise MigrationError(
+                        f"{snapshot} was not taken from {path} (it has no migration_database "
+                        "identity, or another one); nothing changed. To restore it anyway, add "
+                        "-x foreign")
+                lost = rows_only_in(path, snapshot, budget.left)
+                if lost and not options.yes:
+                    what = (f"{path.name} has rows that {snapshot.name} lacks, which a restore "
+                            "loses: " + ", ".join(f"{table} ({rows} rows)"
+                                                  for table, rows in lost.items()))
+                    insist_on_yes(what, "Restore?", "restore", "nothing changed")
+                undo = take_snapshot(path, f"{revision_label(heads)}-restore", budget.left)
+                try:
+                    restore_into(snapshot, path, budget.left)
+                except BaseException:
+                    undo.unlink()  # the database is as it was: its copy is no undo
+                    raise
+            except sqlite3.DatabaseError as exc:
+                if not is_damage(exc):
+                    raise
+                unreadable = f"{path} cannot be read ({exc})"
+        if unreadable is not None:
+            # No identity to compare with: the snapshot's own name and identity must say
+            # which database it was taken from, and the user says yes.
+            if (origin is None or not is_named_for(snapshot, path.resolve())) \
+                    and not options.foreign:
+                raise MigrationError(
+                    f"{unreadable}, and {snapshot} is not named as a snapshot of {path.name} "
+                    "or has no migration_database identity; nothing changed. To restore it "
+                    "anyway, add -x foreign")
+            if not options.yes:
+                insist_on_yes(f"{unreadable}; a restore puts {snapshot.name} in its place",
+                              "Restore?", "restore", "nothing changed")
+            kept = replace_database(snapshot, path.resolve(), budget.left)
+            if kept is not None:
+                print(f"Kept the unreadable {path.name} as {kept}")
         rotate_snapshots(path, state.settings.snapshots_kept)
     print(f"Restored {path} from {snapshot}")

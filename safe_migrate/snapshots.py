@@ -1,23 +1,35 @@
 """Snapshots of a SQLite file before a migration changes it, and putting one back.
 
 Snapshots are copies made with SQLite's online backup API, in `backups/` beside the
-database's real file, named `<stem>.<from>-<to>.<UTC time>.db`. Each is written under a
-temporary name and renamed when complete, never readable by more users than the database
-is, and only this database's own snapshots are rotated out (the newest few are kept).
+database's real file, named `<file name>.<from>-<to>.<UTC time>.db` (for data.db:
+`data.db.a1-b2.20250101T120000000000Z.db`): the full file name, so that `data.db` and
+`data.sqlite` in one folder never share snapshots. Each is written under a temporary name and
+renamed when complete, in rollback (DELETE) journal mode whatever the database's, with the
+database's permission bits (never wider), and only this database's own snapshots are rotated
+out (the newest few are kept). Snapshots named by earlier versions, `<stem>.<from>-<to>.
+<time>.db`, stay restorable but are never rotated: their name cannot tell `data.db`'s from
+`data.sqlite`'s. A snapshot is only ever opened read-only and immutable, so reading one leaves
+no -wal, -shm or -journal file in backups/.
 A database migrated by this package holds a random identity in `migration_database`, which
 its snapshots carry, so that a restore can tell its snapshots from other files.
+A restore copies a snapshot over a readable database with the backup API, in place. A database
+that SQLite cannot read (damaged), or a missing one, gets a copy of the snapshot renamed into
+its place once no process has the old file open; the damaged file and its -wal or -journal
+are kept in backups/, never replayed onto the snapshot.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
 import sqlite3
 import time
 import uuid
-from contextlib import closing
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote
 
 import sqlalchemy as sa
 
@@ -27,11 +39,39 @@ from .errors import MigrationError
 IDENTITY_TABLE = "migration_database"
 # Tables of ours and Alembic's, which are no part of the app's schema or data.
 BOOKKEEPING = {"alembic_version", CHECKSUM_TABLE, IDENTITY_TABLE}
+# `<from>-<to>.<UTC time>.db`, after the database's name: neither revision label has a dot,
+# so a name is the snapshot of one database only (the part before the label).
+SNAPSHOT_SUFFIX = r"\.[0-9a-zA-Z_+]+-[0-9a-zA-Z_+]+\.\d{8}T\d{12}Z\.db"
+# The files SQLite keeps beside a database while it is in use, or after a crash.
+SIDE_FILES = ("-journal", "-wal", "-shm")
+# SQLite's locks (os_unix.c): on the database file, the PENDING and RESERVED bytes and the
+# 510 SHARED bytes from 0x40000000; on the -shm file, the 8 WAL locks and the byte every
+# open WAL connection holds (120 to 128). Whoever holds none of them has nothing in progress.
+DATABASE_LOCK_BYTES = (0x40000000, 512)
+SHM_LOCK_BYTES = (120, 9)
+
+
+def utc_stamp() -> str:
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
 
 
 def snapshot_pattern(path: Path) -> re.Pattern:
-    """The names of this database's snapshots, as take_snapshot writes them."""
-    return re.compile(re.escape(path.stem) + r"\.[0-9a-zA-Z_+]+-[0-9a-zA-Z_+]+\.\d{8}T\d{12}Z\.db")
+    """The names of this database's snapshots, as take_snapshot writes them (the full file
+    name, then the revisions and the time)."""
+    return re.compile(re.escape(path.name) + SNAPSHOT_SUFFIX)
+
+
+def old_snapshot_pattern(path: Path) -> re.Pattern:
+    """The names earlier versions gave snapshots: the stem alone, which data.db and
+    data.sqlite share (restorable, never rotated)."""
+    return re.compile(re.escape(path.stem) + SNAPSHOT_SUFFIX)
+
+
+def is_named_for(snapshot: Path, database: Path) -> bool:
+    """Whether the snapshot's file name says it was taken of this database (in either
+    naming)."""
+    return any(pattern(database).fullmatch(snapshot.name)
+               for pattern in (snapshot_pattern, old_snapshot_pattern))
 
 
 def take_snapshot(path: Path, label: str, timeout: float) -> Path:
@@ -42,7 +82,7 @@ def take_snapshot(path: Path, label: str, timeout: float) -> Path:
     # A run killed while copying left its partial copy; we hold the migration lock, so no
     # copy of this database is being written now.
     ours = snapshot_pattern(path)
-    partial = re.compile(rf"\.({ours.pattern})\.partial(-journal)?")
+    partial = re.compile(rf"\.({ours.pattern})\.partial(-journal|-wal|-shm)?")
     for leftover in backups.iterdir():
         if partial.fullmatch(leftover.name):
             leftover.unlink()
@@ -52,7 +92,7 @@ def take_snapshot(path: Path, label: str, timeout: float) -> Path:
         raise MigrationError(
             f"no room for a snapshot of {path.name} ({size} bytes) in {backups} ({free} bytes "
             "free); nothing changed. Free some space, or skip the snapshot with -x backup=off")
-    snapshot = backups / f"{path.stem}.{label}.{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}.db"
+    snapshot = backups / f"{path.name}.{label}.{utc_stamp()}.db"
     copy_database(path, snapshot, path.stat().st_mode & 0o777, timeout)
     print(f"Snapshot of {path.name} saved to {snapshot}")
     return snapshot
@@ -60,7 +100,8 @@ def take_snapshot(path: Path, label: str, timeout: float) -> Path:
 
 def rotate_snapshots(path: Path, keep: int) -> None:
     """Delete all but the newest `keep` of this database's snapshots (after a run that
-    succeeded: a failed one pushes none out)."""
+    succeeded: a failed one pushes none out). Only snapshots named for this file, in its own
+    backups/, ever go."""
     path = path.resolve()
     ours = snapshot_pattern(path)
     backups = path.parent / "backups"
@@ -77,24 +118,128 @@ def copy_database(source: Path, target: Path, mode: int, timeout: float) -> None
     """Copy a SQLite database to a new file with the backup API, through a temporary file
     renamed into place, so a kill or a full disk leaves no partial copy behind."""
     partial = target.with_name(f".{target.name}.partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    os.close(fd)
-    os.chmod(partial, mode)  # the umask may have narrowed it further; never widened
     try:
-        with closing(sqlite3.connect(source, timeout=timeout)) as src, \
-                closing(sqlite3.connect(partial)) as dst:
-            backup(src, dst, timeout)
+        with closing(sqlite3.connect(source, timeout=timeout)) as src:
+            write_copy(src, partial, mode, timeout)
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
 
 
+def write_copy(src: sqlite3.Connection, target: Path, mode: int, timeout: float) -> None:
+    """Write what `src` reads to the file `target` (made afresh, with exactly `mode`), in
+    rollback journal mode: the backup API copies a WAL database's WAL flag too, and a WAL
+    file would leave -wal and -shm files beside it whenever it is opened."""
+    for suffix in SIDE_FILES:  # a killed copy's: a hot journal would roll back into this one
+        Path(f"{target}{suffix}").unlink(missing_ok=True)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    os.close(fd)
+    os.chmod(target, mode)  # the umask may have narrowed it further; never widened
+    with closing(sqlite3.connect(target)) as dst:
+        backup(src, dst, timeout)
+        dst.execute("PRAGMA journal_mode=DELETE")
+
+
 def restore_into(snapshot: Path, database: Path, timeout: float) -> None:
     """Copy a snapshot over the live database in place, with the backup API: SQLite writes it
-    in one transaction, so other connections see the old file or the new one."""
-    with closing(read_only(snapshot, timeout)) as src, \
+    in one transaction, so other connections see the old file or the new one (and the
+    database keeps its journal mode)."""
+    with closing(open_snapshot(snapshot, timeout)) as src, \
             closing(sqlite3.connect(database, timeout=timeout)) as dst:
         backup(src, dst, timeout)
+
+
+def replace_database(snapshot: Path, database: Path, timeout: float) -> Path | None:
+    """Put a copy of the snapshot in place of a database SQLite cannot read, or of a missing
+    one: written beside it, then renamed over it once no process has the old file open. The
+    old file (hard-linked, or copied) and its -journal and -wal go to backups/ as
+    `<name>.corrupt.<time>` (`<name>.missing.<time>-wal` beside a missing one), so that SQLite
+    never replays them onto the snapshot; its -shm is deleted. Returns the kept file's path."""
+    existed = database.exists()
+    old = database.stat() if existed else snapshot.stat()
+    staged = database.with_name(f".{database.name}.restore.partial")
+    try:
+        with closing(open_snapshot(snapshot, timeout)) as src:
+            write_copy(src, staged, old.st_mode & 0o777, timeout)
+        if existed and os.geteuid() == 0 and (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
+            os.chown(staged, old.st_uid, old.st_gid)  # the app's file stays the app's
+        with nobody_using(database, timeout) as database_fd:
+            kept = set_aside(database, database_fd, existed)
+            os.replace(staged, database)
+    finally:
+        staged.unlink(missing_ok=True)
+    return kept
+
+
+@contextmanager
+def nobody_using(database: Path, timeout: float):
+    """Hold SQLite's own locks on the database file and its -shm (whichever exist), so that
+    no connection is in a transaction or has it open in WAL mode, nor can start to; wait up
+    to `timeout` seconds for them. Yields the database file's descriptor (None if missing):
+    POSIX drops a process's locks on a file when it closes any descriptor of it, so the file
+    is read through this one while they are held."""
+    deadline = time.monotonic() + timeout
+    held = []
+    try:
+        for path, (start, length) in ((database, DATABASE_LOCK_BYTES),
+                                      (Path(f"{database}-shm"), SHM_LOCK_BYTES)):
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except FileNotFoundError:
+                held.append(None)
+                continue
+            held.append(fd)
+            while True:
+                try:
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, length, start)
+                    break
+                except OSError:  # EAGAIN or EACCES: another process holds one
+                    if time.monotonic() >= deadline:
+                        raise MigrationError(
+                            f"another process has {database} open (the app?); gave up waiting "
+                            "after MIGRATE_LOCK_TIMEOUT, nothing changed. Stop it and retry"
+                        ) from None
+                    time.sleep(0.05)
+        yield held[0]
+    finally:
+        for fd in held:
+            if fd is not None:
+                os.close(fd)
+
+
+def set_aside(database: Path, database_fd: int | None, existed: bool) -> Path | None:
+    """Move the unreadable database's files into backups/ (see replace_database)."""
+    backups = database.parent / "backups"
+    backups.mkdir(exist_ok=True)
+    kept = backups / f"{database.name}.{'corrupt' if existed else 'missing'}.{utc_stamp()}"
+    if database_fd is not None:
+        try:
+            os.link(database, kept)  # the same file, no copy: it stays as it is
+        except OSError:  # another filesystem, or one without hard links
+            copy_bytes(database_fd, kept, os.fstat(database_fd).st_mode & 0o777)
+    for suffix in ("-journal", "-wal"):
+        side = Path(f"{database}{suffix}")
+        if side.exists():
+            shutil.move(side, f"{kept}{suffix}")
+    Path(f"{database}-shm").unlink(missing_ok=True)  # an index of the -wal, nothing more
+    return kept if database_fd is not None else None
+
+
+def copy_bytes(fd: int, target: Path, mode: int) -> None:
+    """Copy the open file `fd` to `target`, with `mode`, through a temporary name."""
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        out = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            os.chmod(partial, mode)
+            os.lseek(fd, 0, os.SEEK_SET)
+            while chunk := os.read(fd, 1 << 20):
+                os.write(out, chunk)
+        finally:
+            os.close(out)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def backup(src: sqlite3.Connection, dst: sqlite3.Connection, timeout: float) -> None:
@@ -115,7 +260,7 @@ def check_snapshot(snapshot: Path) -> tuple[list[str], str | None]:
     if snapshot.stat().st_size == 0:
         raise MigrationError(f"{snapshot} is empty, not a snapshot; nothing changed")
     try:
-        with closing(read_only(snapshot)) as conn:
+        with closing(open_snapshot(snapshot)) as conn:
             verdict = conn.execute("PRAGMA integrity_check").fetchone()[0]
             if verdict != "ok":
                 raise MigrationError(f"{snapshot} is damaged ({verdict}); nothing changed")
@@ -125,8 +270,33 @@ def check_snapshot(snapshot: Path) -> tuple[list[str], str | None]:
         raise MigrationError(f"{snapshot} is not a whole SQLite database ({exc}); nothing changed") from None
 
 
+def is_damage(exc: sqlite3.DatabaseError) -> bool:
+    """Whether SQLite failed on a file because the file is not (or no longer) a database."""
+    return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT)
+
+
+def applied_revisions(conn: sqlite3.Connection) -> list[str]:
+    """The revisions alembic_version holds ([] without the table)."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                    ("alembic_version",)).fetchone() is None:
+        return []
+    return sorted(row[0] for row in conn.execute("SELECT version_num FROM alembic_version"))
+
+
+def file_uri(path: Path, query: str) -> str:
+    """A SQLite URI for the file (its name quoted: `?`, `#` and `%` are URI syntax)."""
+    return f"file:{quote(str(path))}?{query}"
+
+
 def read_only(path: Path, timeout: float = 5.0) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)
+    """A read-only connection to a live database (which others may change meanwhile)."""
+    return sqlite3.connect(file_uri(path, "mode=ro"), uri=True, timeout=timeout)
+
+
+def open_snapshot(path: Path, timeout: float = 5.0) -> sqlite3.Connection:
+    """A read-only connection to a snapshot, as the immutable file it is: SQLite takes no
+    locks and creates no -wal, -shm or -journal beside it, even for a WAL-mode file."""
+    return sqlite3.connect(file_uri(path, "mode=ro&immutable=1"), uri=True, timeout=timeout)
 
 
 def identity(conn: sqlite3.Connection) -> str | None:

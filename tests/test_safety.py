@@ -348,7 +348,7 @@ def test_upgrade_snapshots_the_sqlite_file_first(sqlite_project):
 
     assert code == 0, output
     [snapshot] = snapshots(sqlite_project)
-    assert snapshot.name.startswith(f"data.{first}-{head}.")
+    assert snapshot.name.startswith(f"data.db.{first}-{head}.")
     assert f"saved to {snapshot}" in output
     from_snapshot = type(sqlite_project)(sqlite_project.path, f"sqlite:///{snapshot}")
     assert from_snapshot.state() == before
@@ -362,7 +362,7 @@ def test_downgrade_snapshots_and_restore_puts_it_back(sqlite_project):
 
     assert sqlite_project.db("downgrade", first)[0] == 0
     [snapshot] = snapshots(sqlite_project)
-    assert snapshot.name.startswith(f"data.{head}-{first}.")
+    assert snapshot.name.startswith(f"data.db.{head}-{first}.")
 
     code, output = sqlite_project.db("restore", snapshot)
     assert code == 0, output
