@@ -15,7 +15,6 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from .errors import MigrationError
-from .sqlite_copies import record_original
 
 
 def database_file(url: sa.engine.URL, root: Path) -> Path | None:
@@ -107,4 +106,3 @@ def install(engine: sa.engine.Engine, guard: Callable[[], None]) -> None:
     sa.event.listen(engine, "commit", on_commit)
     sa.event.listen(engine, "checkin", on_checkin)
     sa.event.listen(engine, "do_connect", on_do_connect)
-    sa.event.listen(engine, "before_cursor_execute", record_original)
