@@ -460,11 +460,14 @@ def differences(connection, before: Table, after: Table, intent: Intent) -> list
         for facet, label in (("collation", "COLLATE {}"), ("affinity", "type {}"),
                              ("notnull", "NOT NULL"), ("default", "DEFAULT {}"),
                              ("hidden", "GENERATED"), ("pk", "PRIMARY KEY")):
-            wanted = "type" if facet == "affinity" else facet
-            if wanted in asked or facet == "hidden" and not column.hidden:
+            was, is_now = getattr(column, facet), getattr(now, facet)
+            if ("type" if facet == "affinity" else facet) in asked or was is None or was == is_now:
                 continue
-            if getattr(column, facet) != getattr(now, facet) and getattr(column, facet):
-                lost.append(f"{label.format(getattr(column, facet))} of {name}.{new_name}")
+            shown = column.declared if facet == "affinity" else was
+            if was or facet == "affinity":
+                lost.append(f"{label.format(shown)} of {name}.{new_name}")
+            else:
+                lost.append(f"the {facet} of {name}.{new_name} (the copy has {is_now!r})")
     after_keyed = Counter((i.unique, i.partial, i.keys) for i in after.indexes.values()
                           if i.origin != "c")
     for index in before.indexes.values():
