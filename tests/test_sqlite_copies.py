@@ -8,7 +8,13 @@ import sqlite3
 import textwrap
 
 import pytest
+import sqlalchemy as sa
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
 from conftest import CLIS, file_hash
+
+from safe_migrate import sqlite as app_sqlite
+from safe_migrate import sqlite_copies
 
 
 @pytest.fixture(params=CLIS)
@@ -91,10 +97,14 @@ def test_dropping_a_column_keeps_every_constraint_the_table_had(legacy_tables):
     project = legacy_tables
     database = project.path / "data.db"
     project.add_revision("drop0001", drop_legacy_revision(TABLES))
+    roots = rows(database, "SELECT name, rootpage FROM sqlite_schema WHERE type = 'table'")
 
     code, output = project.db("upgrade", "-x", "backup=off")
 
     assert code == 0, output
+    # No copy: SQLite's ALTER TABLE changed each table in place (a copy has a new root page).
+    assert rows(database, "SELECT name, rootpage FROM sqlite_schema WHERE type = 'table'") \
+        == roots
     for table in TABLES:
         assert "legacy" not in [r[1] for r in rows(database, "SELECT * FROM pragma_table_xinfo(?)",
                                                   (table,))]
@@ -256,3 +266,55 @@ def test_removing_autoincrement_on_purpose_runs(sqlite_project):
     with sqlite3.connect(database) as conn:  # no AUTOINCREMENT: a deleted id is used again
         conn.execute("DELETE FROM person WHERE id = 2")
         assert conn.execute("INSERT INTO person (name) VALUES ('c')").lastrowid == 2
+
+
+def in_process(path, body, recreate="auto"):
+    """Run one batch block on a SQLite file as the runner does; return the copy losses."""
+    engine = sa.create_engine(f"sqlite:///{path}")
+    app_sqlite.install(engine, lambda: None)
+    try:
+        with engine.execution_options(migration=True).connect() as connection:
+            transaction = connection.begin()
+            context = MigrationContext.configure(connection)
+            sqlite_copies.install(context)
+            with Operations(context).batch_alter_table("t", recreate=recreate) as batch_op:
+                body(batch_op)
+            losses = sqlite_copies.losses(context)
+            (transaction.rollback if losses else transaction.commit)()  # the runner's rule
+            return losses
+    finally:
+        engine.dispose()
+
+
+def test_a_positioned_add_column_still_copies(tmp_path):
+    """Alembic asks the impl while add_column(insert_before=...) is queued; the drop before it
+    must not run natively then, and the whole block is one copy with the column in place."""
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, legacy TEXT)")
+
+    def body(batch_op):
+        batch_op.drop_column("legacy")
+        batch_op.add_column(sa.Column("b", sa.Text), insert_before="a")
+
+    assert in_process(path, body) == []
+    assert [r[1] for r in rows(path, "SELECT * FROM pragma_table_info('t')")] == ["id", "b", "a"]
+
+
+def test_sqlite_refusing_the_native_drop_falls_back_to_the_copy(tmp_path):
+    """A column in a UNIQUE constraint cannot be dropped in place (SQLite says so): the block
+    copies instead, and the copy drops the constraint with its column, as asked."""
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT COLLATE NOCASE, "
+                     "legacy TEXT UNIQUE)")
+        conn.execute("INSERT INTO t (a, legacy) VALUES ('x', 'y')")
+    [(root,)] = rows(path, "SELECT rootpage FROM sqlite_schema WHERE name = 't'")
+
+    losses = in_process(path, lambda batch_op: batch_op.drop_column("legacy"))
+
+    # Alembic's copy loses a's COLLATE NOCASE: refused (rolled back), nothing changed.
+    assert losses == [("t", "COLLATE NOCASE of t.a")]
+    assert rows(path, "SELECT rootpage FROM sqlite_schema WHERE name = 't'") == [(root,)]
+    assert [r[1] for r in rows(path, "SELECT * FROM pragma_table_info('t')")] == [
+        "id", "a", "legacy"]
