@@ -409,7 +409,8 @@ def settle(connection, copy: Copy) -> list[str]:
         if trigger not in after.triggers and not recreate(connection, sql, None, "TRIGGER"):
             lost.append(f"trigger {trigger}")
     for kind, dependent, sql in copy.dependents:
-        if not recreate(connection, sql, None, kind.upper()):
+        if not recreate(connection, sql, None, kind.upper()) \
+                or kind == "view" and not compiles(connection, dependent):
             lost.append(f"{kind} {dependent} (it refers to what the copy removed; drop or "
                         "change it in the revision first)")
     if before.sequence is not None and after.autoincrement:
@@ -437,6 +438,17 @@ def recreate(connection, sql: str | None, replacing: str | None, kind: str) -> b
             if replacing:
                 connection.exec_driver_sql(f"DROP {kind} {quote(connection, replacing)}")
             connection.exec_driver_sql(sql)
+    except sa.exc.DBAPIError:
+        return False
+    return True
+
+
+def compiles(connection, view: str) -> bool:
+    """Whether SQLite can compile a SELECT of this view (CREATE VIEW does not check that the
+    columns it names exist; a SELECT does)."""
+    try:
+        with connection.begin_nested():
+            connection.exec_driver_sql(f"EXPLAIN SELECT * FROM {quote(connection, view)}").all()
     except sa.exc.DBAPIError:
         return False
     return True

@@ -321,3 +321,19 @@ def test_sqlite_refusing_the_native_drop_falls_back_to_the_copy(tmp_path):
     assert rows(path, "SELECT rootpage FROM sqlite_schema WHERE name = 't'") == [(root,)]
     assert [r[1] for r in rows(path, "SELECT * FROM pragma_table_info('t')")] == [
         "id", "a", "legacy"]
+
+
+def test_a_view_of_the_dropped_column_is_named_in_the_refusal(tmp_path):
+    """SQLite refuses to drop a column a view uses; Alembic's copy would drop the view with
+    it: refused, naming the view and what to do."""
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, legacy TEXT)")
+        conn.execute("CREATE VIEW v_legacy AS SELECT id, legacy FROM t")
+    before = file_hash(path)
+
+    losses = in_process(path, lambda batch_op: batch_op.drop_column("legacy"))
+
+    view = "view v_legacy (it refers to what the copy removed; drop or change it in the revision first)"
+    assert losses == [("t", view)]
+    assert file_hash(path) == before
