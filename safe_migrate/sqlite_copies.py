@@ -114,7 +114,7 @@ def install(migration_context) -> None:
     """Give a SQLite migration context our impl: native ALTER where SQLite can, judged copies
     where it cannot. Call after context.configure()."""
     impl = migration_context.impl
-    if migration_context.dialect.name != "sqlite" or isinstance(impl, KeepingSQLiteImpl):
+    if type(impl) is not SQLiteImpl:  # another backend, already ours, or an app's own impl
         return
     impl.__class__ = KeepingSQLiteImpl
     impl.safe_migrate_losses = []
