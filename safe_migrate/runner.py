@@ -42,7 +42,8 @@ from .snapshots import (
     rotate_snapshots,
     take_snapshot,
 )
-from .sqlite_copies import originals, restore_lost_objects
+from .sqlite_copies import install as install_sqlite_copies
+from .sqlite_copies import losses as sqlite_copy_losses
 
 # What connecting does about a missing SQLite file, by command (see MigrateState.missing).
 MISSING_FILE = {"upgrade": "create", "stamp": "create", "revision": "compare with empty"}
@@ -197,9 +198,6 @@ class Run:
         self.had_version_table = sa.inspect(connection).has_table("alembic_version")
         # {table: rows} a downgrade must not drop unasked (see after_revision).
         self.rows_held: dict[str, int] = {}
-        # SQLite: each table as it was before a table copy of the running revision.
-        self.originals = originals(connection)
-        self.originals.clear()
         self.identified = False
         self.snapshot_taken = False
         self.last_seconds: float | None = None  # the running revision's time, for its record
@@ -221,6 +219,7 @@ class Run:
                "include_name": not_our_bookkeeping,
                "process_revision_directives": revision_directives_hook(self.options, autogenerate)})
         self.context.configure(**options)
+        install_sqlite_copies(self.context.get_context())  # native ALTER, judged copies
         # Alembic's command gave the context the function that lists the steps to run (the
         # public `opts["fn"]`); the context calls it through `_migrations_fn`, which Alembic
         # has kept since 0.x. Ours checks the steps first. (Configuring again with fn= would
@@ -342,8 +341,7 @@ class Run:
         if self.state.path is not None and not self.identified:
             give_identity(ctx.connection)
             self.identified = True
-        if self.originals:
-            self.keep_what_copies_lost(ctx.connection, step)
+        self.keep_what_copies_lost(ctx, step)
         if not self.rows_held:
             return
         names = set(sa.inspect(ctx.connection).get_table_names())
@@ -366,14 +364,13 @@ class Run:
         for table in gone:
             del self.rows_held[table]
 
-    def keep_what_copies_lost(self, connection, step) -> None:
-        """Put back what this revision's SQLite table copies dropped; roll the revision back
-        if something cannot be kept and the user did not accept losing it."""
-        path = step.revision_map.get_revision(step.up_revision_id).path
-        losses = restore_lost_objects(connection, self.originals, Path(path).read_text())
-        self.originals.clear()
-        losses = [(table, what) for table, what in losses if table not in self.options.lose]
+    def keep_what_copies_lost(self, ctx, step) -> None:
+        """Roll the revision back if its SQLite table copies lost something they could not
+        keep (sqlite_copies) and the user did not accept losing it."""
+        losses = [(table, what) for table, what in sqlite_copy_losses(ctx)
+                  if table not in self.options.lose]
         if losses:
+            path = step.revision_map.get_revision(step.up_revision_id).path
             tables = sorted({table for table, _ in losses})
             raise MigrationError(
                 f"{path}: its table copies would lose " + ", ".join(w for _, w in losses)

@@ -19,7 +19,6 @@ import sqlalchemy as sa
 
 from .errors import MigrationError
 from .locks import WaitBudget
-from .sqlite_copies import record_original
 
 
 def database_file(url: sa.engine.URL, root: Path) -> Path | None:
@@ -157,4 +156,3 @@ def install(engine: sa.engine.Engine, guard: Callable[[], str | None] | None,
     sa.event.listen(engine, "begin", run.on_begin)
     sa.event.listen(engine, "commit", run.on_commit)
     sa.event.listen(engine, "checkin", on_checkin)
-    sa.event.listen(engine, "before_cursor_execute", record_original)

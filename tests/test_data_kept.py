@@ -308,8 +308,10 @@ def test_a_table_copy_that_would_lose_properties_is_refused(sqlite_project):
     assert code == 1
     assert output.splitlines()[-1] == (
         f"Error: {copy}: its table copies would lose AUTOINCREMENT of firm, COLLATE NOCASE of "
-        "firm.name, ON UPDATE NO ACTION ON DELETE CASCADE of firm.parent_id, DEFERRABLE "
-        "INITIALLY DEFERRED of firm.parent_id, CHECK (SIZE >= 0) of firm; revision rolled back. To lose them, add -x lose=firm"), output
+        "firm.name, FOREIGN KEY (parent_id) REFERENCES company ON UPDATE NO ACTION ON DELETE "
+        "CASCADE of firm, DEFERRABLE INITIALLY DEFERRED of 1 foreign key(s) of firm (the copy "
+        "defers 0), CHECK (size >= 0) of firm; revision rolled back. To lose them, add "
+        "-x lose=firm"), output
     assert file_hash(database) == before
 
     code, output = project.db("upgrade", "-x", "backup=off", "-x", "lose=firm")
