@@ -391,3 +391,22 @@ def test_rehearse_with_a_mixed_case_schema_in_search_path(make_project, new_pg_d
     assert output.count("rows: company 10 -> 10, employee 10 -> 10") == 2, output
     assert "locks: employee AccessExclusiveLock" in output
     assert everything(url) == before
+
+
+def test_a_downgrade_that_renames_a_table_back_loses_nothing(project):
+    assert project.db("upgrade")[0] == 0
+    project.populate(10)
+    project.add_revision("firm0001", f"""
+        def upgrade():
+            op.rename_table("company", {INJECTION!r})
+
+
+        def downgrade():
+            op.rename_table({INJECTION!r}, "company")
+    """)
+    assert project.db("upgrade")[0] == 0
+
+    code, output = project.db("downgrade", "-x", "backup=off")
+
+    assert code == 0, output
+    assert project.query("SELECT count(*) FROM company") == [(10,)]
