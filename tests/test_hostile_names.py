@@ -410,3 +410,24 @@ def test_a_downgrade_that_renames_a_table_back_loses_nothing(project):
 
     assert code == 0, output
     assert project.query("SELECT count(*) FROM company") == [(10,)]
+
+
+# --- the guards' pure logic, in process ----------------------------------------------------
+
+
+def test_rows_lost_compares_rows_per_table_in_every_schema():
+    from safe_migrate.guards import rows_lost
+
+    before = {("public", "note"): 3, ("audit", "log"): 500, ("public", "firm"): 10,
+              ("public", "empty"): 0, ("public", "kept"): 7}
+    now = {("public", "note"): 0, ("public", "company"): 10, ("public", "kept"): 8}
+    assert rows_lost(before, now) == {("public", "note"): (3, 0), ("audit", "log"): (500, 0)}
+    # firm is gone but its 10 rows turned up in the new company: renamed, not lost.
+
+
+def test_system_schemas_are_not_the_apps():
+    from safe_migrate.guards import is_system_schema
+
+    assert all(map(is_system_schema, ["pg_catalog", "information_schema", "pg_toast",
+                                      "pg_toast_temp_3", "pg_temp_3"]))
+    assert not any(map(is_system_schema, ["public", "App", "audit", 'x"; --', "pgx"]))
