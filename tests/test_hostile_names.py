@@ -435,3 +435,39 @@ def test_system_schemas_are_not_the_apps():
     assert all(map(is_system_schema, ["pg_catalog", "information_schema", "pg_toast",
                                       "pg_toast_temp_3", "pg_temp_3"]))
     assert not any(map(is_system_schema, ["public", "App", "audit", 'x"; --', "pgx"]))
+
+
+@pytest.mark.postgresql
+def test_rehearsal_reports_and_round_trip_compare_every_schema(make_project, new_pg_database):
+    project = make_project(database_url=new_pg_database())
+    assert project.db("upgrade")[0] == 0
+    project.add_revision("audit003", """
+        def upgrade():
+            op.execute(sa.schema.CreateSchema("Audit"))
+            op.execute('CREATE TABLE "Audit"."Log" AS SELECT generate_series(1, 50) AS id')
+
+
+        def downgrade():
+            op.execute(sa.schema.DropSchema("Audit", cascade=True))
+    """)
+    assert project.db("upgrade")[0] == 0
+    project.add_revision("audit004", """
+        def upgrade():
+            op.add_column("Log", sa.Column("note", sa.String), schema="Audit")
+
+
+        def downgrade():
+            op.execute('DELETE FROM "Audit"."Log" WHERE id > 40')
+            op.drop_column("Log", "note", schema="Audit")
+    """)
+    before = everything(project.database_url)
+
+    code, output = project.db("upgrade", "--rehearse")
+    assert code == 0, output
+    assert "rows: Audit.Log 50 -> 50, company 0 -> 0, employee 0 -> 0" in output, output
+    assert "locks: Audit.Log AccessExclusiveLock" in output, output
+
+    code, output = project.db("upgrade", "--round-trip")
+    assert code == 1, output
+    assert output.splitlines()[-1] == "Error: the round trip lost rows: Audit.Log (10 rows)"
+    assert everything(project.database_url) == before
