@@ -58,12 +58,13 @@ def insist_on_yes(what: str, question: str, action: str, outcome: str) -> None:
         raise MigrationError(f"{action} cancelled; {outcome}")
 
 
-def count_rows(connection, table: str, null_in: str | None = None) -> int:
-    """How many rows the table holds, or of them hold NULL in column `null_in` (0 if there
-    is no such table)."""
-    if not sa.inspect(connection).has_table(table):
+def count_rows(connection, table: str, null_in: str | None = None,
+               schema: str | None = None) -> int:
+    """How many rows the table (in `schema`, None: the default one) holds, or of them hold
+    NULL in column `null_in` (0 if there is no such table). Names reach SQL quoted."""
+    if not sa.inspect(connection).has_table(table, schema=schema):
         return 0
-    query = sa.select(sa.func.count()).select_from(sa.table(table))
+    query = sa.select(sa.func.count()).select_from(sa.table(table, schema=schema))
     if null_in is not None:
         query = query.where(sa.column(null_in).is_(None))
     return connection.execute(query).scalar()

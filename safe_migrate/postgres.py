@@ -68,14 +68,18 @@ def retrying(run, connection, settings: Settings, label: str):
 
 
 def blockers(connection, statement: str) -> str:
-    """The other sessions holding locks on the tables the failed statement names."""
+    """The other sessions holding locks on the app's tables (any non-system schema of this
+    database). PostgreSQL's lock timeout does not say which table it waited for, and the
+    statement's text is not parsed for names: the catalog says who holds what."""
     rows = connection.execute(sa.text(
         "SELECT DISTINCT a.pid, a.state, left(regexp_replace(a.query, '\\s+', ' ', 'g'), 80)"
         " AS query FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-        " JOIN pg_class c ON c.oid = l.relation"
-        " WHERE l.granted AND l.pid <> pg_backend_pid() AND c.relkind = 'r'"
-        " AND position(c.relname IN :statement) > 0 ORDER BY a.pid"),
-        {"statement": statement}).all()
+        " JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE l.granted AND l.pid <> pg_backend_pid() AND c.relkind IN ('r', 'p')"
+        " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+        " AND left(n.nspname, 8) <> 'pg_toast' AND left(n.nspname, 7) <> 'pg_temp'"
+        " ORDER BY a.pid")).all()
     if not rows:
         return "a session that has ended"
     return ", ".join(f"pid {r.pid} ({r.state}: {r.query})" for r in rows)

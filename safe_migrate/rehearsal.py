@@ -8,16 +8,19 @@ rolled back (DDL is transactional there). Nothing is recorded and no snapshot ta
 """
 from __future__ import annotations
 
-import re
+import functools
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import sqlalchemy as sa
 
+from . import guards
 from .errors import MigrationError
+from .guards import Table
 from .snapshots import copy_database, rows_only_in
 
 
@@ -84,11 +87,8 @@ def in_one_transaction(state) -> Iterator:
               "changed")
 
         def remember():
-            from .runner import all_rows  # runner imports this module
-
-            tables = list(all_rows(conn))
-            keep_rows(conn, tables)
-            return lambda: rows_lost(conn, tables)
+            kept = keep_rows(conn)
+            return lambda: rows_lost(conn, kept)
 
         try:
             yield remember
@@ -98,28 +98,48 @@ def in_one_transaction(state) -> Iterator:
     engine.dispose()
 
 
-def keep_rows(conn, tables) -> None:
-    """Keep a copy of each table's rows in a temporary table (dropped at the rollback)."""
-    for table in tables:
-        conn.exec_driver_sql(f'CREATE TEMP TABLE "rehearsal_{table}" AS SELECT * FROM "{table}"')
+class Kept(NamedTuple):
+    """A table whose rows keep_rows copied, and where to."""
+    table: Table
+    columns: list[str]
+    copy: str  # rehearsal_<n>, a temporary table
 
 
-def rows_lost(conn, tables) -> dict[str, int]:
+def keep_rows(conn) -> list[Kept]:
+    """Keep a copy of each table's rows, in every schema, in a temporary table numbered
+    `rehearsal_<n>` (dropped at the rollback): no name of the app's reaches the copy's."""
+    from psycopg2 import sql
+
+    inspector = sa.inspect(conn)
+    kept = []
+    with conn.connection.cursor() as raw:  # the driver's own, in the rehearsal's transaction
+        for n, (schema, name) in enumerate(guards.app_tables(conn)):
+            copy = f"rehearsal_{n}"
+            raw.execute(sql.SQL("CREATE TEMP TABLE {} AS SELECT * FROM {}.{}").format(
+                sql.Identifier(copy), sql.Identifier(schema), sql.Identifier(name)))
+            columns = [c["name"] for c in inspector.get_columns(name, schema=schema)]
+            kept.append(Kept((schema, name), columns, copy))
+    return kept
+
+
+def rows_lost(conn, kept: list[Kept]) -> dict[str, int]:
     """{table: rows} kept by keep_rows that the table no longer holds (on common columns)."""
     inspector = sa.inspect(conn)
     lost = {}
-    for table in tables:
-        now = {c["name"] for c in inspector.get_columns(table)} if inspector.has_table(table) else set()
-        kept = [r[0] for r in conn.exec_driver_sql(
-            "SELECT attname FROM pg_attribute WHERE attrelid = %(t)s::regclass AND attnum > 0 "
-            "AND NOT attisdropped ORDER BY attnum", {"t": f'"rehearsal_{table}"'})]
-        common = ", ".join(f'"{c}"' for c in kept if c in now)
-        query = (f'SELECT count(*) FROM (SELECT {common} FROM "rehearsal_{table}" EXCEPT '
-                 f'SELECT {common} FROM "{table}") AS gone' if common
-                 else f'SELECT count(*) FROM "rehearsal_{table}"')
-        count = conn.exec_driver_sql(query).scalar()
+    for (schema, name), columns, copy in kept:
+        now = ({c["name"] for c in inspector.get_columns(name, schema=schema)}
+               if inspector.has_table(name, schema=schema) else set())
+        common = [sa.column(c) for c in columns if c in now]
+        copied = sa.table(copy, schema="pg_temp")
+        if common:
+            gone = sa.except_(sa.select(*common).select_from(copied),
+                              sa.select(*common).select_from(sa.table(name, schema=schema)))
+            query = sa.select(sa.func.count()).select_from(gone.subquery())
+        else:
+            query = sa.select(sa.func.count()).select_from(copied)
+        count = conn.execute(query).scalar()
         if count:
-            lost[table] = count
+            lost[guards.label(conn, (schema, name))] = count
     return lost
 
 
@@ -127,40 +147,80 @@ def rows_lost(conn, tables) -> dict[str, int]:
 LOCK_MODES = ["AccessShareLock", "RowShareLock", "RowExclusiveLock", "ShareUpdateExclusiveLock",
               "ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"]
 
+# Each table of the app, in every schema: its oid, schema, name, data file, and where its
+# catalog rows are (a statement that changes its definition writes new row versions).
+TABLE_FACTS = """
+SELECT c.oid, n.nspname, c.relname, c.relfilenode, concat_ws(' ', c.ctid::text,
+  (SELECT string_agg(a.ctid::text, ',' ORDER BY a.attnum) FROM pg_attribute a
+   WHERE a.attrelid = c.oid),
+  (SELECT string_agg(k.ctid::text, ',' ORDER BY k.oid) FROM pg_constraint k
+   WHERE k.conrelid = c.oid),
+  (SELECT string_agg(i.ctid::text, ',' ORDER BY i.indexrelid) FROM pg_index i
+   WHERE i.indrelid = c.oid))
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND left(n.nspname, 8) <> 'pg_toast' AND left(n.nspname, 7) <> 'pg_temp'
+"""
+# The table locks this session holds.
+HELD_LOCKS = """
+SELECT l.relation, l.mode FROM pg_locks l
+WHERE l.pid = pg_backend_pid() AND l.granted AND l.locktype = 'relation'
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+
+
+class Facts(NamedTuple):
+    """What the catalog says of the app's tables at one moment."""
+    tables: dict[int, tuple[Table, int, str]]  # oid: ((schema, name), relfilenode, rows' places)
+    locks: dict[int, set[str]]  # oid: the modes this session holds on it
+
+    @classmethod
+    def read(cls, dbapi_connection) -> Facts:
+        with dbapi_connection.cursor() as raw:  # the driver's own: no events, no recursion
+            raw.execute(TABLE_FACTS)
+            tables = {oid: ((schema, name), node, places)
+                      for oid, schema, name, node, places in raw.fetchall()}
+            raw.execute(HELD_LOCKS)
+            locks: dict[int, set[str]] = {}
+            for oid, mode in raw.fetchall():
+                locks.setdefault(oid, set()).add(mode)
+        return cls(tables, locks)
+
+
+def strongest(modes: set[str]) -> str:
+    return max(modes, key=LOCK_MODES.index)
+
 
 class LockWatch:
-    """PostgreSQL: for each table a revision's statements name, the strongest lock the
-    transaction holds on it and since when, and the tables it rewrote (their relfilenode
-    changed). In the one rehearsal transaction, earlier revisions' locks are still held, so
-    a lock counts for the revisions whose statements name its table."""
+    """PostgreSQL: for each table a revision's statements touched, in any schema, the
+    strongest lock the transaction holds on it and since when, and the tables it rewrote
+    (their data file changed). Which tables a statement touched is read from the catalog
+    after it, against the moment before: those it took a new or stronger lock on, and those
+    whose definition (pg_class, pg_attribute, pg_constraint, pg_index rows) or data file it
+    changed. In the one rehearsal transaction, earlier revisions' locks are still held: a
+    revision that only reads or writes rows of a table an earlier one already locked does not
+    show that lock."""
 
     def __init__(self, conn, ignore=()) -> None:
         self.conn = conn
         self.ignore = set(ignore)  # our bookkeeping tables
-        self.first_held: dict[str, tuple[str, float]] = {}
-        self.files = self.relfilenodes()
-        self.start = time.monotonic()
+        self.first_held: dict[Table, tuple[str, float]] = {}
+        self.start_facts = self.last = Facts.read(conn.connection)
         sa.event.listen(conn, "after_cursor_execute", self.after_statement)
 
-    def relfilenodes(self) -> dict[str, int]:
-        return dict(self.conn.exec_driver_sql(
-            "SELECT relname, relfilenode FROM pg_class WHERE relkind = 'r' "
-            "AND relnamespace = current_schema()::regnamespace").all())
-
-    @staticmethod
-    def held_locks(dbapi_connection) -> list[tuple[str, str]]:
-        with dbapi_connection.cursor() as raw:  # the driver's own: no events, no recursion
-            raw.execute(
-                "SELECT c.relname, l.mode FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
-                " WHERE l.pid = pg_backend_pid() AND l.granted AND c.relkind IN ('r', 'p')"
-                " AND c.relnamespace = current_schema()::regnamespace")
-            return raw.fetchall()
-
     def after_statement(self, conn, cursor, statement, parameters, context, executemany) -> None:
-        named = set(re.findall(r"\w+", statement.lower()))
-        for table, mode in self.held_locks(cursor.connection):
-            if table not in named or table in self.ignore:
+        before, now = self.last, Facts.read(cursor.connection)
+        self.last = now
+        for oid, modes in now.locks.items():
+            fact = now.tables.get(oid) or before.tables.get(oid)  # before: it was dropped
+            if fact is None or fact[0][1] in self.ignore:
                 continue
+            took = modes - before.locks.get(oid, set())
+            changed = before.tables.get(oid, (None, None, None))[1:] != now.tables.get(
+                oid, (None, None, None))[1:]
+            if not (took or changed):
+                continue
+            table, mode = fact[0], strongest(modes)
             held, since = self.first_held.get(table, (None, time.monotonic()))
             if held is None or LOCK_MODES.index(mode) > LOCK_MODES.index(held):
                 self.first_held[table] = (mode, since)
@@ -169,9 +229,13 @@ class LockWatch:
         """The revision's lines: its locks, held until it ended, and its rewrites."""
         sa.event.remove(self.conn, "after_cursor_execute", self.after_statement)
         end = time.monotonic()
-        locks = ", ".join(f"{table} {mode} ({end - since:.2f} s)"
-                          for table, (mode, since) in sorted(self.first_held.items()))
-        files = self.relfilenodes()
-        rewritten = sorted(t for t, node in files.items() if t in self.files and self.files[t] != node)
+        name = functools.partial(guards.label, self.conn)
+        locks = ", ".join(f"{name(table)} {mode} ({end - since:.2f} s)"
+                          for table, (mode, since) in sorted(self.first_held.items(),
+                                                             key=lambda i: name(i[0])))
+        start, now = self.start_facts.tables, Facts.read(self.conn.connection).tables
+        rewritten = sorted(name(now[oid][0]) for oid in now
+                           if oid in start and start[oid][1] != now[oid][1]
+                           and now[oid][0][1] not in self.ignore)
         return [f"  locks: {locks or 'none'}",
                 f"  rewritten: {', '.join(rewritten) or 'none'}"]

@@ -8,7 +8,6 @@ confirmed) and snapshot a SQLite file.
 """
 from __future__ import annotations
 
-import ast
 import functools
 import logging
 import sqlite3
@@ -19,9 +18,8 @@ from pathlib import Path
 import sqlalchemy as sa
 from flask import current_app
 
+from . import guards
 from .autogenerate import (
-    count_rows,
-    insist_on_yes,
     library_warnings_as_notes,
     revision_directives_hook,
 )
@@ -314,11 +312,12 @@ class Run:
         if upgrade and not self.had_version_table:
             refuse_unversioned_database(self.connection)
         destination = destination_label(steps)
-        if not upgrade and not confirm_downgrade(rows_to_be_dropped(self.connection, steps),
-                                                 destination, self.options.yes):
-            # Nobody said yes to losing rows: whatever statement would drop a table that
-            # holds rows, after_revision notices it before the revision commits.
-            self.rows_held = tables_holding_rows(self.connection)
+        if not upgrade and not guards.confirm_downgrade(
+                guards.rows_to_be_dropped(self.connection, steps), destination,
+                self.options.yes):
+            # Nobody said yes to losing rows: whatever statement drops or empties a table
+            # that holds rows, in any schema, after_revision notices before the revision commits.
+            self.rows_held = guards.row_counts(self.connection)
         if self.file_existed and self.options.backup:
             if not has_identity(self.connection):  # the snapshot must carry it (db restore)
                 with self.connection.begin():
@@ -342,27 +341,9 @@ class Run:
             give_identity(ctx.connection)
             self.identified = True
         self.keep_what_copies_lost(ctx, step)
-        if not self.rows_held:
-            return
-        names = set(sa.inspect(ctx.connection).get_table_names())
-        gone = {table: rows for table, rows in self.rows_held.items() if table not in names}
-        if not gone:
-            return
-        now = holding_rows(ctx.connection, names - set(self.rows_held))
-        for table, rows in list(gone.items()):
-            # A renamed table is not a dropped one: a new table with as many rows.
-            renamed = [t for t, n in now.items() if t not in self.rows_held and n == rows]
-            if renamed:
-                del gone[table]
-                del self.rows_held[table]
-                self.rows_held[renamed[0]] = rows
-        if not gone:
-            return
-        what = (f"the downgrade of {step.up_revision_id} dropped "
-                + ", ".join(f"{table} ({rows} rows)" for table, rows in gone.items()))
-        insist_on_yes(what, "Keep it?", "downgrade", "that revision was rolled back")
-        for table in gone:
-            del self.rows_held[table]
+        if self.rows_held:  # rows, not statements: see guards.py
+            self.rows_held = guards.check_rows_kept(ctx.connection, self.rows_held,
+                                                    step.up_revision_id)
 
     def keep_what_copies_lost(self, ctx, step) -> None:
         """Roll the revision back if its SQLite table copies lost something they could not
@@ -416,51 +397,6 @@ def refuse_unversioned_database(connection) -> None:
             "then adopt it with `db stamp REVISION`")
 
 
-def tables_dropped_by(steps):
-    """Tables named in op.drop_table(...) calls in the downgrade() of these scripts."""
-    for step in steps:
-        for node in ast.walk(ast.parse(Path(step.revision.path).read_text())):
-            if not (isinstance(node, ast.FunctionDef) and node.name == "downgrade"):
-                continue
-            for call in ast.walk(node):
-                if (isinstance(call, ast.Call) and getattr(call.func, "attr", "") == "drop_table"
-                        and call.args and isinstance(call.args[0], ast.Constant)):
-                    yield call.args[0].value
-
-
-def rows_to_be_dropped(connection, steps) -> dict:
-    """{table: rows} for the tables holding rows that these downgrades drop."""
-    return holding_rows(connection, tables_dropped_by(steps))
-
-
-def confirm_downgrade(holding_rows: dict, destination: str, yes: bool) -> bool:
-    """A downgrade to base, or one that drops tables holding rows, needs a yes. True if the
-    user said yes to losing rows (-x yes, or on the terminal)."""
-    if yes:
-        return True
-    if destination != "base" and not holding_rows:
-        return False
-    what = "downgrade to base" if destination == "base" else "this downgrade"
-    if holding_rows:
-        what += " drops " + ", ".join(f"{t} ({n} rows)" for t, n in holding_rows.items())
-    insist_on_yes(what, "Continue?", "downgrade", "nothing changed")
-    return True
-
-
-def tables_holding_rows(connection) -> dict:
-    """{table: rows} for every table of the database that holds rows."""
-    return holding_rows(connection, sa.inspect(connection).get_table_names())
-
-
 def all_rows(connection) -> dict:
-    """{table: rows} for every table of the app."""
-    return {table: count_rows(connection, table)
-            for table in sa.inspect(connection).get_table_names()
-            if table not in BOOKKEEPING and not table.startswith("sqlite_")}
-
-
-def holding_rows(connection, tables) -> dict:
-    """{table: rows} for those of these tables that hold rows (our bookkeeping aside)."""
-    counts = {table: count_rows(connection, table) for table in tables
-              if table not in BOOKKEEPING}
-    return {table: rows for table, rows in counts.items() if rows}
+    """{table: rows} for every table of the app, in every schema (see guards.py)."""
+    return guards.rows_by_label(connection)

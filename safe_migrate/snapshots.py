@@ -302,24 +302,37 @@ def open_snapshot(path: Path, timeout: float = 5.0) -> sqlite3.Connection:
 def identity(conn: sqlite3.Connection) -> str | None:
     """The identity of the database `conn` reads, or None if it has none."""
     try:
-        row = conn.execute(f"SELECT id FROM {IDENTITY_TABLE}").fetchone()
+        row = conn.execute(sqlite_sql(sa.select(sa.column("id")).select_from(
+            sa.table(IDENTITY_TABLE)))).fetchone()
     except sqlite3.OperationalError:  # no such table
         return None
     return row[0] if row else None
 
 
+def identity_table() -> sa.Table:
+    return sa.Table(IDENTITY_TABLE, sa.MetaData(),
+                    sa.Column("id", sa.String(32), primary_key=True))
+
+
 def has_identity(connection: sa.engine.Connection) -> bool:
     if not sa.inspect(connection).has_table(IDENTITY_TABLE):
         return False
-    return connection.exec_driver_sql(f"SELECT id FROM {IDENTITY_TABLE}").first() is not None
+    return connection.execute(sa.select(identity_table().c.id)).first() is not None
 
 
 def give_identity(connection: sa.engine.Connection) -> None:
     """Record a random identity in this database, once (in a revision's transaction)."""
-    connection.exec_driver_sql(
-        f"CREATE TABLE IF NOT EXISTS {IDENTITY_TABLE} (id VARCHAR(32) NOT NULL PRIMARY KEY)")
-    if connection.exec_driver_sql(f"SELECT id FROM {IDENTITY_TABLE}").first() is None:
-        connection.exec_driver_sql(f"INSERT INTO {IDENTITY_TABLE} VALUES ('{uuid.uuid4().hex}')")
+    table = identity_table()
+    table.create(connection, checkfirst=True)
+    if connection.execute(sa.select(table.c.id)).first() is None:
+        connection.execute(table.insert().values(id=uuid.uuid4().hex))
+
+
+def sqlite_sql(query) -> str:
+    """A query without values, as SQLite's SQL: SQLAlchemy quotes every name in it."""
+    from sqlalchemy.dialects import sqlite
+
+    return str(query.compile(dialect=sqlite.dialect()))
 
 
 def rows_only_in(database: Path, snapshot: Path, timeout: float) -> dict[str, int]:
@@ -332,13 +345,20 @@ def rows_only_in(database: Path, snapshot: Path, timeout: float) -> dict[str, in
             if row[0] not in BOOKKEEPING]
         lost = {}
         for table in tables:
-            columns = [row[1] for row in conn.execute(f'PRAGMA main.table_info("{table}")')]
-            theirs = {row[1] for row in conn.execute(f'PRAGMA snapshot.table_info("{table}")')}
-            common = ", ".join(f'"{c}"' for c in columns if c in theirs)
-            query = (f'SELECT count(*) FROM (SELECT {common} FROM main."{table}" EXCEPT '
-                     f'SELECT {common} FROM snapshot."{table}")' if common
-                     else f'SELECT count(*) FROM main."{table}"')
-            count = conn.execute(query).fetchone()[0]
+            columns = [row[0] for row in conn.execute(
+                "SELECT name FROM pragma_table_info(?, 'main') ORDER BY cid", (table,))]
+            theirs = {row[0] for row in conn.execute(
+                "SELECT name FROM pragma_table_info(?, 'snapshot')", (table,))}
+            common = [sa.column(c) for c in columns if c in theirs]
+            ours = sa.table(table, schema="main")
+            if common:
+                gone = sa.except_(
+                    sa.select(*common).select_from(ours),
+                    sa.select(*common).select_from(sa.table(table, schema="snapshot")))
+                query = sa.select(sa.func.count()).select_from(gone.subquery())
+            else:
+                query = sa.select(sa.func.count()).select_from(ours)
+            count = conn.execute(sqlite_sql(query)).fetchone()[0]
             if count:
                 lost[table] = count
         return lost
