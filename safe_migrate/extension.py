@@ -131,7 +131,9 @@ class MigrateState:
             # SQLite's DDL is transactional, but Alembic assumes not unless told.
             "transaction_per_migration": True,
             "transactional_ddl": True if self.url.get_backend_name() == "sqlite" else None,
-            # The runner replaces these; an env.py of its own making gets refused.
+            # The runner replaces these; an env.py of its own making gets refused before the
+            # first revision runs (`fn` is the command's list of steps, which the runner keeps).
+            "fn": refuse_unguarded_run,
             "on_version_apply": refuse_unguarded_run,
             "include_name": refuse_unguarded_run,
             **self.migrate.alembic_ctx_kwargs,

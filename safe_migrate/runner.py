@@ -208,10 +208,12 @@ class Run:
         convention = self.context.config.get_section("safe_migrate", {}).get("naming_convention")
         # A PostgreSQL rehearsal runs every revision in the one transaction it rolls back.
         in_rehearsal = self.connection is self.state.rehearsal_connection
+        configure_args = self.state.configure_args
+        del configure_args["fn"]  # the command's own list of steps stays (see checked)
         options = dict(
             connection=self.connection,
             target_metadata=self.state.metadata if autogenerate or convention else sa.MetaData(),
-            **{**self.state.configure_args,
+            **{**configure_args,
                **({"transaction_per_migration": False} if in_rehearsal else {}),
                "on_version_apply": self.after_revision,
                "include_name": not_our_bookkeeping,
@@ -361,10 +363,12 @@ class Run:
     def drop_empty_version_table(self) -> None:
         """Alembic creates alembic_version outside the first revision's transaction; if that
         revision fails, drop it again so the database is as it was."""
-        with suppress(sa.exc.SQLAlchemyError), self.state.engine.begin() as conn:
-            # suppress: if this fails too, the first error is the one to show.
-            if conn.execute(sa.text("SELECT count(*) FROM alembic_version")).scalar() == 0:
-                conn.execute(sa.text("DROP TABLE alembic_version"))
+        # Any error here is suppressed: if this fails too, the first error is the one to show.
+        with suppress(Exception), self.connection.begin():
+            if not sa.inspect(self.connection).has_table("alembic_version"):
+                return
+            if self.connection.execute(sa.text("SELECT count(*) FROM alembic_version")).scalar() == 0:
+                self.connection.execute(sa.text("DROP TABLE alembic_version"))
 
 
 def not_our_bookkeeping(name, type_, parent_names) -> bool:

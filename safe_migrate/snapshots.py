@@ -339,7 +339,7 @@ def rows_only_in(database: Path, snapshot: Path, timeout: float) -> dict[str, in
     """{table: rows} of the database's rows that the snapshot does not hold (compared on the
     columns both have), for every table that has some."""
     with closing(read_only(database, timeout)) as conn:
-        conn.execute("ATTACH ? AS snapshot", (f"file:{snapshot}?mode=ro",))
+        conn.execute("ATTACH ? AS snapshot", (file_uri(snapshot, "mode=ro&immutable=1"),))
         tables = [row[0] for row in conn.execute(
             "SELECT name FROM main.sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
             if row[0] not in BOOKKEEPING]
