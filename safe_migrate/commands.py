@@ -36,8 +36,12 @@ from .snapshots import (
 )
 
 
-def config(directory=None, x_arg=None, opts=None, command=None):
-    return current_state().migrate.get_config(directory, x_arg, opts, command)
+def config(directory=None, x_arg=None, opts=None, command=None, rehearsal=None):
+    """Alembic's Config for a command; what env.py's runner needs to know of this run
+    (which command, where a rehearsal runs) goes in its `attributes`."""
+    config = current_state().migrate.get_config(directory, x_arg, opts, command)
+    config.attributes["safe_migrate.rehearsal"] = rehearsal
+    return config
 
 
 def cached_index(directory=None) -> dict | None:
@@ -128,16 +132,16 @@ def rehearse_run(kind: str, directory, revision: str, x_arg, round_trip: bool) -
 
     state = current_state()
     x_arg = [*(x_arg or []), "backup=off"]
-    with rehearsal(state) as remember:
+    with rehearsal(state) as (where, remember):
         with state.engine.connect() as conn:
             start = revision_label(database_heads(conn))
         forward = getattr(command, kind)
         back = command.downgrade if kind == "upgrade" else command.upgrade
-        forward(config(directory, x_arg, command=kind), revision)
+        forward(config(directory, x_arg, command=kind, rehearsal=where), revision)
         if round_trip:
             rows_lost = remember()
-            back(config(directory, [*x_arg, "yes"], command=kind), start)
-            forward(config(directory, x_arg, command=kind), revision)
+            back(config(directory, [*x_arg, "yes"], command=kind, rehearsal=where), start)
+            forward(config(directory, x_arg, command=kind, rehearsal=where), revision)
             lost = rows_lost()
             if lost:
                 raise MigrationError("the round trip lost rows: " + ", ".join(

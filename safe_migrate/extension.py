@@ -97,10 +97,6 @@ class MigrateState:
         self.app = app
         self.db = migrate.db
         self.directory = migrate.directory
-        # --rehearse: the SQLite copy, or the connection of a PostgreSQL transaction that
-        # will be rolled back (see rehearsal.py).
-        self.rehearsal_path: Path | None = None
-        self.rehearsal_connection: sa.engine.Connection | None = None
 
     @property
     def settings(self) -> Settings:
@@ -115,9 +111,7 @@ class MigrateState:
 
     @property
     def path(self) -> Path | None:
-        """The SQLite file the app's URL names (during a SQLite rehearsal, its copy)."""
-        if self.rehearsal_path is not None:
-            return self.rehearsal_path
+        """The SQLite file the app's URL names."""
         return sqlite.database_file(self.url, Path(self.app.root_path))
 
     @property
@@ -140,17 +134,13 @@ class MigrateState:
         }
 
     @property
-    def rehearsing(self) -> bool:
-        return self.rehearsal_path is not None or self.rehearsal_connection is not None
-
-    @property
     def metadata(self) -> sa.MetaData:
         return self.db.metadata
 
     @property
     def engine(self) -> sa.engine.Engine:
-        """A new engine of this package's own for reading the database (during a SQLite
-        `--rehearse`, the copy): a missing SQLite file is refused, never created."""
+        """A new engine of this package's own for reading the database: a missing SQLite
+        file is refused, never created."""
         return self.migration_engine()
 
     def migration_engine(self, budget: WaitBudget | None = None, missing: str = "refuse",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
@@ -24,44 +24,49 @@ from .guards import Table
 from .snapshots import copy_database, rows_only_in
 
 
+class Place(NamedTuple):
+    """Where a rehearsal's runs go, handed to env.py in Alembic's config.attributes (the
+    runner reads it there): a copy of the SQLite file, or the connection of the one
+    PostgreSQL transaction, with its wait budget."""
+    path: Path | None = None
+    connection: sa.engine.Connection | None = None
+    budget: object | None = None  # locks.WaitBudget
+
+
 @contextmanager
-def rehearsal(state) -> Iterator:
+def rehearsal(state) -> Iterator[tuple[Place, Callable]]:
     """Where a rehearsal runs: a copy of the SQLite file, or one PostgreSQL transaction.
-    Yields `remember()`, which keeps the rows as they are now and returns a function
-    that counts, per table, the kept rows that are gone since."""
-    if state.path is not None:
-        with on_a_copy(state) as remember:
-            yield remember
-        print(f"Rehearsal done: {state.path} was not changed")
+    Yields the Place and `remember()`, which keeps the rows as they are now and returns a
+    function that counts, per table, the kept rows that are gone since."""
+    path = state.path
+    if path is not None:
+        with on_a_copy(path, state.settings.lock_timeout) as where:
+            yield where
+        print(f"Rehearsal done: {path} was not changed")
     elif state.url.get_backend_name() == "postgresql":
-        with in_one_transaction(state) as remember:
-            yield remember
+        with in_one_transaction(state) as where:
+            yield where
         print("Rehearsal done: rolled back, the database was not changed")
     else:
         raise MigrationError("--rehearse works on SQLite files and PostgreSQL")
 
 
 @contextmanager
-def on_a_copy(state) -> Iterator:
-    """Point the app's migration runs at a copy of its SQLite file for the block."""
-    if not state.path.exists():
-        raise MigrationError(f"no database at {state.path} to rehearse on")
+def on_a_copy(path: Path, timeout: float) -> Iterator[tuple[Place, Callable]]:
+    """A copy of the SQLite file, for the block's runs."""
+    if not path.exists():
+        raise MigrationError(f"no database at {path} to rehearse on")
     with tempfile.TemporaryDirectory(prefix="migrate-rehearsal-") as folder:
-        copy = Path(folder) / state.path.name
-        copy_database(state.path, copy, 0o600, state.settings.lock_timeout)
-        print(f"Rehearsing on a copy of {state.path.name} in {folder}; {state.path} is not "
-              "changed")
-        state.rehearsal_path = copy  # what state.path, and so every engine, opens
+        copy = Path(folder) / path.name
+        copy_database(path, copy, 0o600, timeout)
+        print(f"Rehearsing on a copy of {path.name} in {folder}; {path} is not changed")
 
         def remember():
             first = copy.with_name("first-run.db")
-            copy_database(copy, first, 0o600, state.settings.lock_timeout)
-            return lambda: rows_only_in(first, copy, state.settings.lock_timeout)
+            copy_database(copy, first, 0o600, timeout)
+            return lambda: rows_only_in(first, copy, timeout)
 
-        try:
-            yield remember
-        finally:
-            state.rehearsal_path = None
+        yield Place(path=copy), remember
 
 
 def rows_before_after(before: dict[str, int], after: dict[str, int]) -> str:
@@ -80,9 +85,7 @@ def in_one_transaction(state) -> Iterator:
     budget = state.wait_budget()
     engine = state.migration_engine(budget)
     with state.lock(budget), engine.connect() as conn:
-        conn.info["safe_migrate.budget"] = budget
         transaction = conn.begin()
-        state.rehearsal_connection = conn
         print("Rehearsing in one transaction, rolled back at the end; the database is not "
               "changed")
 
@@ -91,9 +94,8 @@ def in_one_transaction(state) -> Iterator:
             return lambda: rows_lost(conn, kept)
 
         try:
-            yield remember
+            yield Place(connection=conn, budget=budget), remember
         finally:
-            state.rehearsal_connection = None
             transaction.rollback()
     engine.dispose()
 

@@ -93,20 +93,22 @@ def run_online(context, state: MigrateState) -> None:
     # Our commands say which command runs (Config.attributes is Alembic's way to pass things
     # to env.py); a run started some other way gets the careful defaults.
     command = context.config.attributes.get("safe_migrate.command")
-    if state.rehearsal_connection is not None:  # in the rehearsal's own transaction
-        budget = state.rehearsal_connection.info["safe_migrate.budget"]
-        Run(context, state, state.rehearsal_connection, True, command, budget).run()
+    rehearsal = context.config.attributes.get("safe_migrate.rehearsal")  # rehearsal.Place
+    if rehearsal is not None and rehearsal.connection is not None:  # its one transaction
+        Run(context, state, rehearsal.connection, True, command, rehearsal.budget,
+            rehearsal=rehearsal).run()
         return
-    path = state.path
+    path = rehearsal.path if rehearsal is not None else state.path
     existed = path is not None and path.exists()
     budget = state.wait_budget()
-    engine = state.migration_engine(budget, MISSING_FILE.get(command, "refuse"))
+    engine = state.migration_engine(budget, MISSING_FILE.get(command, "refuse"), path)
     progress = Progress()
     try:
         engine.connect().close()  # a missing file fails here, before any lock file
         lock = state.lock(budget) if command in LOCKED else nullcontext()
         with lock, engine.connect().execution_options(migration=True) as connection:
-            Run(context, state, connection, existed, command, budget, progress).run()
+            Run(context, state, connection, existed, command, budget, progress, path,
+                rehearsal).run()
     except BaseException as exc:
         if path is not None and not existed:
             remove_if_empty(path)
@@ -183,8 +185,13 @@ class Run:
     """One env.py run on one connection."""
 
     def __init__(self, context, state: MigrateState, connection, existed: bool,
-                 command: str | None, budget, progress: Progress | None = None) -> None:
+                 command: str | None, budget, progress: Progress | None = None,
+                 path: Path | None = None, rehearsal=None) -> None:
         self.context = context
+        self.path = path  # the SQLite file this run changes (a rehearsal's copy), or None
+        self.rehearsing = rehearsal is not None
+        # A PostgreSQL rehearsal runs every revision in the one transaction it rolls back.
+        self.in_one_transaction = rehearsal is not None and rehearsal.connection is not None
         self.progress = progress or Progress()
         self.budget = budget  # the run's MIGRATE_LOCK_TIMEOUT (locks.WaitBudget)
         self.settings = state.settings
@@ -206,8 +213,7 @@ class Run:
         # Alembic names the constraints a revision leaves unnamed with target_metadata's
         # convention; an old history's revisions must run with the names they were written for.
         convention = self.context.config.get_section("safe_migrate", {}).get("naming_convention")
-        # A PostgreSQL rehearsal runs every revision in the one transaction it rolls back.
-        in_rehearsal = self.connection is self.state.rehearsal_connection
+        in_rehearsal = self.in_one_transaction
         configure_args = self.state.configure_args
         del configure_args["fn"]  # the command's own list of steps stays (see checked)
         options = dict(
@@ -241,7 +247,7 @@ class Run:
                 self.drop_empty_version_table()
             raise
         if self.snapshot_taken:
-            rotate_snapshots(self.state.path, self.settings.snapshots_kept)
+            rotate_snapshots(self.path, self.settings.snapshots_kept)
 
     def checked(self, steps):
         def checked_steps(heads, migration_context):
@@ -274,7 +280,7 @@ class Run:
         """Log the revision's line when it ends, with its time; on PostgreSQL, retry it when a
         lock is not granted within MIGRATE_PG_LOCK_TIMEOUT."""
         run = step.migration_fn
-        if self.state.rehearsal_connection and "autocommit_block" in Path(step.revision.path).read_text():
+        if self.in_one_transaction and "autocommit_block" in Path(step.revision.path).read_text():
             name = Path(step.revision.path).name
 
             def run(**kwargs):
@@ -289,8 +295,8 @@ class Run:
             self.progress.committed()  # the revision before this one, if any
             self.progress.running = (f"the {'upgrade' if step.is_upgrade else 'downgrade'} "
                                      f"of {step.revision.revision}")
-            rows = all_rows(self.connection) if self.state.rehearsing else None
-            watch = (LockWatch(self.connection, BOOKKEEPING) if self.state.rehearsal_connection
+            rows = all_rows(self.connection) if self.rehearsing else None
+            watch = (LockWatch(self.connection, BOOKKEEPING) if self.in_one_transaction
                      else None)
             start = time.monotonic()
             try:
@@ -326,7 +332,7 @@ class Run:
                     give_identity(self.connection)
             self.identified = True
             self.progress.snapshotting = True
-            take_snapshot(self.state.path, f"{revision_label(heads)}-{destination}",
+            take_snapshot(self.path, f"{revision_label(heads)}-{destination}",
                           self.budget.left)
             self.progress.snapshotting = False
             self.snapshot_taken = True
@@ -339,7 +345,7 @@ class Run:
             self.checksum_table_ready = True
         record_checksum(ctx, step, self.last_seconds)
         self.last_seconds = None
-        if self.state.path is not None and not self.identified:
+        if self.path is not None and not self.identified:
             give_identity(ctx.connection)
             self.identified = True
         self.keep_what_copies_lost(ctx, step)
