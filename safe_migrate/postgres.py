@@ -47,12 +47,17 @@ def retrying(run, connection, settings: Settings, label: str):
     """`run` (a revision's upgrade or downgrade), retried when its lock timeout fires."""
     def run_until_locked(**kwargs):
         for attempt in range(settings.pg_lock_retries + 1):
+            # Not `with begin_nested()`: the app's db.session, joined to this connection in a
+            # revision (runner.app_session_on), may release the savepoint with its commit;
+            # the revision goes on in its transaction, and only a lock timeout while the
+            # savepoint still stands can be retried from it.
+            savepoint = connection.begin_nested()
             try:
-                with connection.begin_nested():
-                    return run(**kwargs)
+                result = run(**kwargs)
             except sa.exc.OperationalError as exc:
-                if not is_lock_timeout(exc):
+                if not is_lock_timeout(exc) or not savepoint.is_active:
                     raise
+                savepoint.rollback()
                 held_by = blockers(connection, exc.statement or "")
                 if attempt == settings.pg_lock_retries:
                     raise MigrationError(
@@ -64,6 +69,10 @@ def retrying(run, connection, settings: Settings, label: str):
                       f"{held_by}; rolled back, retrying in {pause:g} s "
                       f"({attempt + 1} of {settings.pg_lock_retries})", file=sys.stderr)
                 time.sleep(pause)  # the backoff itself, not a synchronisation
+                continue
+            if savepoint.is_active:
+                savepoint.commit()
+            return result
     return run_until_locked
 
 

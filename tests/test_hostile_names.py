@@ -186,7 +186,7 @@ def run_hostile_history(project, names, on_postgresql):
     assert everything(url) == at_h2
 
     if not on_postgresql:  # restore: the database's extra row is named before it is lost
-        [snapshot] = (project.path / "backups").glob("data.h1000001-h2000002.*.db")
+        [snapshot] = (project.path / "backups").glob("data.db.h1000001-h2000002.*.db")
         insert(url, second[1], [{"id": 99, c1: "extra"}])
         with_extra = everything(url)
         code, output = project.db("restore", snapshot)
