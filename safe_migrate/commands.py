@@ -22,7 +22,6 @@ from .checksums import (
     remember_checksums,
 )
 from .errors import MigrationError
-from .extension import current_state
 from .options import run_options
 from .revisions import database_heads, revision_index
 from .snapshots import (
@@ -34,6 +33,7 @@ from .snapshots import (
     rows_only_in,
     take_snapshot,
 )
+from .state import current_state
 
 
 def config(directory=None, x_arg=None, opts=None, command=None, rehearsal=None):

@@ -215,10 +215,10 @@ def read_revisions(directory: Path, hashes: dict[str, str],
     from alembic.script import ScriptDirectory
 
     if make_config is None:
-        from .extension import Migrate
+        from .state import alembic_config
 
         def make_config():
-            return Migrate(directory=directory).get_config(directory)
+            return alembic_config(str(directory))
 
     script = ScriptDirectory.from_config(make_config())
     revisions = list(script.walk_revisions())

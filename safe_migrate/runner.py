@@ -29,7 +29,6 @@ from .checksums import (
     verify_checksums,
 )
 from .errors import Interrupted, MigrationError, interrupt_in
-from .extension import MigrateState, current_state
 from .options import run_options
 from .postgres import retrying
 from .rehearsal import LockWatch, rows_before_after
@@ -42,6 +41,7 @@ from .snapshots import (
 )
 from .sqlite_copies import install as install_sqlite_copies
 from .sqlite_copies import losses as sqlite_copy_losses
+from .state import MigrateState, current_state
 
 # What connecting does about a missing SQLite file, by command (see MigrateState.missing).
 MISSING_FILE = {"upgrade": "create", "stamp": "create", "revision": "compare with empty"}

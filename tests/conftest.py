@@ -75,6 +75,14 @@ class Project:
         )
         return proc.returncode, proc.stdout
 
+    def db_started(self, *args):
+        """Start a db command and return its Popen, stdout and stderr piped apart (for a
+        signal sent while it runs)."""
+        return subprocess.Popen([str(a) for a in self.db_argv(*args)], cwd=self.path,
+                                env={**self.env, "FLASK_APP": "migrate_example.py"},
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
     def db_on_terminal(self, args, answer):
         """Run a db command on a pseudo-terminal and answer its first [y/N] question;
         return (exit code, everything the terminal showed)."""

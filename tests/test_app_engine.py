@@ -4,7 +4,6 @@ through the app's models work, a foreign key broken before the run is not a revi
 failure, and Ctrl-C says what was rolled back."""
 import os
 import signal
-import subprocess
 import sys
 import textwrap
 
@@ -247,10 +246,7 @@ def test_ctrl_c_during_a_table_copy_is_one_true_line(sqlite_project):
     fifo = project.path / "started"
     os.mkfifo(fifo)
     project.add_revision("copy0001", COPY_IN_PROGRESS.format(fifo=str(fifo)))
-    run = subprocess.Popen([str(a) for a in project.db_argv("upgrade", "-x", "backup=off")],
-                           cwd=project.path, env={**project.env, "FLASK_APP": "migrate_example.py"},
-                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+    run = project.db_started("upgrade", "-x", "backup=off")
     with open(fifo) as started:  # returns as the revision starts its copies
         assert started.read() == "copying"
     run.send_signal(signal.SIGINT)

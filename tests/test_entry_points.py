@@ -2,7 +2,6 @@
 `flask db`, an env.py from elsewhere, a user's own command module, newer Pythons."""
 import os
 import signal
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -84,10 +83,7 @@ def test_ctrl_c_is_one_line_and_rolls_the_revision_back(project):
     fifo = project.path / "started"
     os.mkfifo(fifo)
     project.add_revision("slow0001", SLOW_REVISION.format(fifo=str(fifo)))
-    run = subprocess.Popen([str(a) for a in project.db_argv("upgrade", "-x", "backup=off")],
-                           cwd=project.path, env={**project.env, "FLASK_APP": "migrate_example.py"},
-                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+    run = project.db_started("upgrade", "-x", "backup=off")
     with open(fifo) as started:  # returns once the revision is inside its transaction
         assert started.read() == "running"
     run.send_signal(signal.SIGINT)
