@@ -38,10 +38,15 @@ else:
     import sqlalchemy as sa
     from alembic.migration import MigrationContext
     from alembic.operations import Operations
-    from safe_migrate import sqlite as app_sqlite, sqlite_copies
-    engine = sa.create_engine("sqlite:///" + path)
-    app_sqlite.install(engine, lambda: None)  # the app engine's listeners, as the runner has
-    with engine.execution_options(migration=True).connect() as connection:
+    from pathlib import Path
+    from safe_migrate import sqlite_copies
+    from safe_migrate.connections import migration_engine
+    from safe_migrate.locks import WaitBudget
+    from safe_migrate.settings import Settings
+    # A migration run's engine, as the runner makes it.
+    engine = migration_engine(sa.engine.make_url("sqlite:///" + path), Path(path), Settings(),
+                              {{}}, budget=WaitBudget(60))
+    with engine.connect() as connection:
         start = time.perf_counter()
         with connection.begin():
             context = MigrationContext.configure(connection)

@@ -6,6 +6,7 @@ changes them in the next, then checks the schema by SQLite's PRAGMAs and the beh
 insert that failed before must still fail."""
 import sqlite3
 import textwrap
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -13,8 +14,10 @@ from alembic.migration import MigrationContext
 from alembic.operations import Operations
 from conftest import CLIS, file_hash
 
-from safe_migrate import sqlite as app_sqlite
 from safe_migrate import sqlite_copies
+from safe_migrate.connections import migration_engine
+from safe_migrate.locks import WaitBudget
+from safe_migrate.settings import Settings
 
 
 @pytest.fixture(params=CLIS)
@@ -273,10 +276,10 @@ def test_removing_autoincrement_on_purpose_runs(sqlite_project):
 
 def in_process(path, body, recreate="auto"):
     """Run one batch block on a SQLite file as the runner does; return the copy losses."""
-    engine = sa.create_engine(f"sqlite:///{path}")
-    app_sqlite.install(engine, lambda: None)
+    engine = migration_engine(sa.engine.make_url(f"sqlite:///{path}"), Path(path), Settings(),
+                              {}, budget=WaitBudget(60))  # a migration run's, as the runner's
     try:
-        with engine.execution_options(migration=True).connect() as connection:
+        with engine.connect() as connection:
             transaction = connection.begin()
             context = MigrationContext.configure(connection)
             sqlite_copies.install(context)

@@ -21,8 +21,10 @@ from alembic.operations import Operations
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from safe_migrate import sqlite as app_sqlite
 from safe_migrate import sqlite_copies
+from safe_migrate.connections import migration_engine
+from safe_migrate.locks import WaitBudget
+from safe_migrate.settings import Settings
 
 EXAMPLES = int(os.environ.get("SQLITE_COPIES_EXAMPLES", "120"))
 VALUES = {"INTEGER": 7, "TEXT": "Abc", "REAL": 1.5, "BLOB": b"\x01", "ANY": "007",
@@ -120,10 +122,10 @@ def run_operation(operations: Operations, operation: str, spec) -> None:
 
 def migrate(path: Path, operation: str, spec) -> list:
     """Run the operation as the runner does; return the losses (then rolled back)."""
-    engine = sa.create_engine(f"sqlite:///{path}")
-    app_sqlite.install(engine, lambda: None)
+    engine = migration_engine(sa.engine.make_url(f"sqlite:///{path}"), Path(path), Settings(),
+                              {}, budget=WaitBudget(60))  # a migration run's, as the runner's
     try:
-        with engine.execution_options(migration=True).connect() as connection:
+        with engine.connect() as connection:
             transaction = connection.begin()
             context = MigrationContext.configure(connection)
             sqlite_copies.install(context)
