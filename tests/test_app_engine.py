@@ -258,3 +258,22 @@ def test_ctrl_c_during_a_table_copy_is_one_true_line(sqlite_project):
         "of this run had been applied before it"), errors
     assert "Traceback" not in errors and "PendingRollbackError" not in errors
     assert project.state() == before
+
+
+def test_an_interrupted_run_says_where_it_was():
+    from safe_migrate.runner import Progress
+
+    progress = Progress()
+    assert progress.interrupted() == "interrupted before any revision ran: nothing changed"
+    progress.snapshotting = True
+    assert progress.interrupted() == ("interrupted while taking the snapshot: no revision had "
+                                      "run, nothing changed")
+    progress.snapshotting = False
+    progress.running = "the upgrade of a1"
+    progress.committed()
+    progress.running = "the upgrade of b2"
+    assert progress.interrupted() == ("interrupted during the upgrade of b2: it was rolled back; "
+                                      "the 1 revision(s) of this run before it stay applied (a1)")
+    progress.committed()
+    assert progress.interrupted() == ("interrupted after 2 revision(s) committed (a1, b2); no "
+                                      "revision was running")
