@@ -324,7 +324,10 @@ def intent_of(batch_impl, dialect) -> Intent:
         renamed[key] = column.name
         facets = set()
         if compiled(before.type, dialect) != compiled(column.type, dialect):
-            facets |= {"type", "collation"}
+            # A new type changes the column's collation only where it names one
+            # (sa.String(320, collation="NOCASE")); else the copy must keep the old one.
+            facets |= {"type", "collation"} if getattr(column.type, "collation", None) \
+                else {"type"}
         if before.nullable != column.nullable:
             facets.add("notnull")
         if repr(getattr(before.server_default, "arg", None)) != \
@@ -336,15 +339,14 @@ def intent_of(batch_impl, dialect) -> Intent:
             changed[column.name] = facets
     dropped = {c.name for c in old.c if c.name not in batch_impl.columns}
 
-    def unique_sets(table) -> set[frozenset]:
-        return {frozenset(c.name for c in const.columns) for const in table.constraints
-                if isinstance(const, sa.UniqueConstraint)}
+    def unique_sets(table, rename) -> Counter:
+        """Each UNIQUE constraint's column set, counted: two on the same columns are two."""
+        return Counter(frozenset(rename.get(c.name, c.name) for c in const.columns)
+                       for const in table.constraints if isinstance(const, sa.UniqueConstraint))
 
-    kept_uniques = {frozenset(renamed.get(c, c) for c in cols) for cols in unique_sets(new)}
-    dropped_uniques = [cols for cols in unique_sets(old)
-                       if frozenset(renamed.get(c, c) for c in cols) not in kept_uniques]
-    old_uniques = {frozenset(renamed.get(c, c) for c in cols) for cols in unique_sets(old)}
-    added_uniques = [cols for cols in unique_sets(new) if cols not in old_uniques]
+    old_uniques, new_uniques = unique_sets(old, renamed), unique_sets(new, {})
+    dropped_uniques = list((old_uniques - new_uniques).elements())
+    added_uniques = list((new_uniques - old_uniques).elements())
 
     def foreign_keys(table, rename) -> set:
         return {(tuple(rename.get(c, c) for c in fk.column_keys), fk.referred_table.name
@@ -482,13 +484,18 @@ def differences(connection, before: Table, after: Table, intent: Intent) -> list
                 lost.append(f"the {facet} of {name}.{new_name} (the copy has {is_now!r})")
     after_keyed = Counter((i.unique, i.partial, i.keys) for i in after.indexes.values()
                           if i.origin != "c")
+    excused = Counter(intent.unique_sets_dropped)  # each dropped UNIQUE excuses one index
     for index in before.indexes.values():
         if index.origin == "c":
             continue
         keys = renamed_keys(index.keys, intent)
         columns = frozenset(k[0] for k in keys)
-        if any(k[0] in intent.dropped for k in index.keys) or columns in intent.unique_sets_dropped \
-                or any(k[0] in intent.changed for k in keys):
+        if any(k[0] in intent.dropped for k in index.keys) \
+                or any("collation" in intent.changed.get(k[0], ()) for k in keys):
+            continue
+        if index.origin == "u" and excused[columns] and not after_keyed[
+                (index.unique, index.partial, keys)]:
+            excused[columns] -= 1
             continue
         if after_keyed[(index.unique, index.partial, keys)]:
             after_keyed[(index.unique, index.partial, keys)] -= 1

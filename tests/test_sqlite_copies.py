@@ -340,3 +340,35 @@ def test_a_view_of_the_dropped_column_is_named_in_the_refusal(tmp_path):
     view = "view v_legacy (it refers to what the copy removed; drop or change it in the revision first)"
     assert losses == [("t", view)]
     assert file_hash(path) == before
+
+
+def test_a_type_change_keeps_the_columns_collation_and_its_unique(tmp_path):
+    """A new type without a collation does not ask for the old one to go: the copy that
+    would make `email` case-sensitive (and its UNIQUE with it) is refused."""
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, email TEXT COLLATE NOCASE UNIQUE)")
+
+    losses = in_process(path, lambda batch_op: batch_op.alter_column(
+        "email", type_=sa.String(320), existing_type=sa.Text))
+
+    assert ("t", "COLLATE NOCASE of t.email") in losses, losses
+    assert rows(path, "SELECT sql FROM sqlite_schema WHERE name = 't'") == [
+        ("CREATE TABLE t (id INTEGER PRIMARY KEY, email TEXT COLLATE NOCASE UNIQUE)",)]
+    # Naming the collation with the new type keeps it: nothing lost.
+    assert in_process(path, lambda batch_op: batch_op.alter_column(
+        "email", type_=sa.String(320, collation="NOCASE"), existing_type=sa.Text)) == []
+
+
+def test_dropping_one_unique_keeps_another_on_the_same_column(tmp_path):
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, email TEXT, "
+                     "CONSTRAINT uq_t_email UNIQUE (email), UNIQUE (email COLLATE NOCASE))")
+    before = file_hash(path)
+
+    losses = in_process(path, lambda batch_op: batch_op.drop_constraint("uq_t_email",
+                                                                        type_="unique"))
+
+    assert losses, "the copy dropped both UNIQUEs; only one was asked for"
+    assert file_hash(path) == before
