@@ -21,7 +21,7 @@ from .checksums import (
     recorded_checksums,
     remember_checksums,
 )
-from .errors import MigrationError
+from .errors import Interrupted, MigrationError
 from .options import run_options
 from .revisions import database_heads, revision_index
 from .snapshots import (
@@ -291,6 +291,12 @@ def check(directory=None):
                 compare_metadata(context, state.metadata))
         for difference in differences:
             problems += describe_difference(difference)
+        if conn.dialect.name == "sqlite":  # rows no revision may be blamed for (sqlite.py)
+            from .sqlite import describe_violations, foreign_key_violations
+
+            violations = foreign_key_violations(conn)
+            if violations:
+                problems.append(f"foreign keys: {describe_violations(violations)}")
     if problems:
         print("\n".join(problems))
         sys.exit(1)
@@ -359,12 +365,16 @@ def restore(snapshot, x_arg=None):
                             "loses: " + ", ".join(f"{table} ({rows} rows)"
                                                   for table, rows in lost.items()))
                     insist_on_yes(what, "Restore?", "restore", "nothing changed")
-                undo = take_snapshot(path, f"{revision_label(heads)}-restore", budget.left)
+                undo = take_snapshot(path, revision_label(heads), "restore", budget.left)
                 try:
                     restore_into(snapshot, path, budget.left)
-                except BaseException:
-                    undo.unlink()  # the database is as it was: its copy is no undo
+                except Exception:
+                    undo.unlink()  # the backup API's one transaction failed: nothing changed
                     raise
+                except KeyboardInterrupt:  # the copy may have committed before Python saw it
+                    raise Interrupted(
+                        f"interrupted during the restore: {path} holds the snapshot or is as "
+                        f"it was; the copy of it taken before is kept at {undo}") from None
             except sqlite3.DatabaseError as exc:
                 if not is_damage(exc):
                     raise

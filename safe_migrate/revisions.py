@@ -193,7 +193,7 @@ def revision_index(directory: Path, make_config: Callable | None = None) -> dict
                 return None  # Alembic's answer is needed for these files (see read_revisions)
             if is_index(index):
                 return {**index, "hashes": hashes}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # unreadable, not JSON, absurdly nested
         pass
     index = read_revisions(directory, hashes, make_config)
     try:

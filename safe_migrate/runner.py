@@ -12,6 +12,7 @@ import functools
 import logging
 import sqlite3
 import time
+import warnings
 from contextlib import closing, contextmanager, nullcontext, suppress
 from pathlib import Path
 
@@ -172,6 +173,17 @@ def app_session_on(db, connection):
         factory.kw.update(saved)
 
 
+@contextmanager
+def copies_reflect_quietly():
+    """Alembic's SQLite table copy reflects the table, and SQLAlchemy warns that it skips
+    expression indexes; sqlite_copies recreates them from their own SQL, so that warning
+    (with a source line) says nothing true to the user."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Skipped unsupported reflection of expression-based",
+                                sa.exc.SAWarning)
+        yield
+
+
 def remove_if_empty(path: Path) -> None:
     """A run that created the SQLite file and then failed leaves no file behind."""
     with suppress(sqlite3.DatabaseError, OSError):
@@ -239,7 +251,7 @@ class Run:
         try:
             with self.context.begin_transaction(), \
                     app_session_on(self.state.db, self.connection), \
-                    library_warnings_as_notes() if autogenerate else nullcontext():
+                    library_warnings_as_notes() if autogenerate else copies_reflect_quietly():
                 self.context.run_migrations()
             self.progress.committed()
         except BaseException:
@@ -332,7 +344,7 @@ class Run:
                     give_identity(self.connection)
             self.identified = True
             self.progress.snapshotting = True
-            take_snapshot(self.path, f"{revision_label(heads)}-{destination}",
+            take_snapshot(self.path, revision_label(heads), destination,
                           self.budget.left)
             self.progress.snapshotting = False
             self.snapshot_taken = True

@@ -43,7 +43,7 @@ def count(name: str, default: int, high: int = 100) -> int:
     value = os.environ.get(name)
     if value is None:
         return default
-    if not value.strip().isdigit() or int(value) > high:
+    if not (value.strip().isascii() and value.strip().isdigit()) or int(value) > high:
         raise MigrationError(f"{name} must be a whole number from 0 to {high}, not {value!r}")
     return int(value)
 

@@ -74,8 +74,16 @@ def is_named_for(snapshot: Path, database: Path) -> bool:
                for pattern in (snapshot_pattern, old_snapshot_pattern))
 
 
-def take_snapshot(path: Path, label: str, timeout: float) -> Path:
-    """Copy the SQLite file into backups/ beside it; print and return the copy's path."""
+def name_part(revisions: str) -> str:
+    """A revision label as it may stand in a snapshot's name: Alembic allows any characters
+    in a revision id (`rel1.2`, `a-b`), a name allows letters, digits, _ and +."""
+    return re.sub(r"[^0-9a-zA-Z_+]", "_", revisions) or "_"
+
+
+def take_snapshot(path: Path, start: str, end: str, timeout: float) -> Path:
+    """Copy the SQLite file into backups/ beside it, named for the revisions it goes from
+    and to; print and return the copy's path."""
+    label = f"{name_part(start)}-{name_part(end)}"
     path = path.resolve()
     backups = path.parent / "backups"
     backups.mkdir(exist_ok=True)

@@ -194,6 +194,9 @@ def test_a_foreign_key_broken_before_the_run_is_not_the_revisions_failure(sqlite
                 batch_op.drop_column("note")
     """)
 
+    code, output = project.db("check")
+    assert "foreign keys: 1 row(s) of badge refer to missing employee rows" in output, output
+
     code, output = project.db("upgrade", "-x", "backup=off")
 
     assert code == 0, output
