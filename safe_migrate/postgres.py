@@ -78,7 +78,7 @@ def retrying(run, connection, settings: Settings, label: str, migration_context)
                 if savepoint.is_active and server_in_transaction(
                         connection.connection.dbapi_connection):
                     savepoint.rollback()
-                if outside.committed_any():
+                if outside.left:  # no retry of the whole: work may have committed
                     raise MigrationError(outside.failure(exc)) from None
                 if not (isinstance(exc, sa.exc.OperationalError) and is_lock_timeout(exc)):
                     raise
@@ -120,18 +120,20 @@ class OutsideTransaction:
         self.savepoint = None
         self.in_transaction: list[str] = []  # statements run, not yet committed
         self.committed: list[str] = []  # statements that committed, in order
-        self.outside = False
-
-    def committed_any(self) -> bool:
-        return bool(self.committed)
+        self.outside = False  # in the autocommit block now
+        self.left = False  # it has left its transaction (autocommit_block, a COMMIT)
+        self.quiet = False  # our own statements run: not the revision's
 
     def noted(self, conn, cursor, statement, parameters, context, executemany) -> None:
         """after_cursor_execute: a statement of the revision has run. If it ended the
         transaction (a COMMIT sent as SQL), everything so far stays: stop there."""
+        if self.quiet:
+            return
         (self.committed if self.outside else self.in_transaction).append(one_line(statement))
         if not self.outside and not server_in_transaction(cursor.connection):
             self.committed += self.in_transaction
             self.in_transaction = []
+            self.left = True
             raise MigrationError("a statement ended its transaction; the revision stopped "
                                  "there, use autocommit_block() for work outside a transaction")
 
@@ -156,9 +158,10 @@ class OutsideTransaction:
     def block(self, migration_context, original) -> Iterator[None]:
         """Alembic's autocommit_block, with session timeouts and per-statement retries."""
         if self.savepoint is not None and self.savepoint.is_active:
-            sa.event.remove(self.connection, "after_cursor_execute", self.noted)
+            self.quiet = True
             self.savepoint.commit()  # Alembic commits the revision's transaction next
-            sa.event.listen(self.connection, "after_cursor_execute", self.noted)
+            self.quiet = False
+        self.left = True
         with original():
             self.committed += self.in_transaction  # that commit made them stay
             self.in_transaction = []
@@ -181,26 +184,34 @@ class OutsideTransaction:
     def retried(self, execute, raw, *args, **kwargs):
         """One statement outside the transaction, tried again on a lock timeout."""
         retries = self.settings.pg_lock_retries
-        for attempt in range(retries + 1):
+        attempt = 0
+        while True:
             try:
                 return execute(*args, **kwargs)
             except sa.exc.OperationalError as exc:
                 if not is_lock_timeout(exc) or attempt == retries:
                     raise
-                held_by = blockers(self.connection, exc.statement or "")
-                pause = backoff(attempt)
+                attempt += 1
+                self.quiet = True
+                try:
+                    held_by = blockers(self.connection, exc.statement or "")
+                finally:
+                    self.quiet = False
+                pause = backoff(attempt - 1)
                 print(f"{self.label}: a statement outside the transaction waited "
                       f"{self.settings.pg_lock_timeout:g} s for a lock held by {held_by}; "
-                      f"retrying in {pause:g} s ({attempt + 1} of {retries})", file=sys.stderr)
+                      f"retrying in {pause:g} s ({attempt} of {retries})", file=sys.stderr)
                 time.sleep(pause)  # the backoff itself, not a synchronisation
                 drop_invalid_indexes(raw, self.label)
-        raise AssertionError("unreachable")
 
     def failure(self, exc: BaseException) -> str:
         """The one line for a revision that failed after some of its work committed."""
         what = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
         reason = one_line(str(what)) or type(what).__name__
         done = "; ".join(f"{n}) {s}" for n, s in enumerate(self.committed, 1))
+        if not self.committed:
+            return (f"{self.label} failed ({reason}) outside its transaction, before any of its "
+                    "statements had committed; its version is not recorded")
         return (f"{self.label} failed ({reason}) after {len(self.committed)} of its statements "
                 f"had committed, and they stay: {done}. The rest of the "
                 "revision was rolled back and its version is not recorded: make its statements "

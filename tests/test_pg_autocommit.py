@@ -262,3 +262,30 @@ def test_a_commit_statement_in_an_upgrade_stops_it_and_says_what_committed(at_he
     assert "nickname" in project.columns("employee")
     assert "side" not in project.tables()
     assert project.version() == head
+
+
+def test_a_statement_outside_the_transaction_that_never_gets_its_lock_fails_once(at_head):
+    project = at_head
+    head = project.version()
+    project.add_revision("conc0001", CONCURRENT_INDEX)
+    engine = project.engine()
+    holder = engine.connect()
+    transaction = holder.begin()
+    holder.execute(sa.text("LOCK TABLE employee IN SHARE ROW EXCLUSIVE MODE"))
+    try:
+        code, output = project.db("upgrade", env={"MIGRATE_PG_LOCK_TIMEOUT": "0.5",
+                                                  "MIGRATE_PG_LOCK_RETRIES": "1"})
+    finally:
+        transaction.rollback()
+        holder.close()
+        engine.dispose()
+
+    assert code == 1, output
+    # Retried per statement, and not once more as a whole revision.
+    assert output.count("retrying") == 1, output
+    assert output.splitlines()[-1] == (
+        "Error: conc0001_test.py failed (canceling statement due to lock timeout) outside its "
+        "transaction, before any of its statements had committed; its version is not "
+        "recorded"), output
+    assert index_valid(project, "ix_employee_age") is None
+    assert project.version() == head
