@@ -81,11 +81,14 @@ def rows_before_after(before: dict[str, int], after: dict[str, int]) -> str:
 @contextmanager
 def in_one_transaction(state) -> Iterator:
     """Route the app's migration runs through one connection in one transaction for the
-    block, and roll it back at the end, whatever happened."""
+    block, and roll it back at the end, whatever happened. That transaction cannot commit
+    (refuse_commit), and the sequences it advanced are put back after the rollback."""
     budget = state.wait_budget()
     engine = state.migration_engine(budget)
     with state.lock(budget), engine.connect() as conn:
         transaction = conn.begin()
+        refuse_commit(conn)
+        sequences = sequence_values(conn)
         print("Rehearsing in one transaction, rolled back at the end; the database is not "
               "changed")
 
@@ -93,11 +96,115 @@ def in_one_transaction(state) -> Iterator:
             kept = keep_rows(conn)
             return lambda: rows_lost(conn, kept)
 
+        failed = True
         try:
             yield Place(connection=conn, budget=budget), remember
+            failed = False
         finally:
             transaction.rollback()
+            put_back_sequences(conn, sequences, failed)
     engine.dispose()
+
+
+# The SQLSTATE of a COMMIT the rehearsal's transaction refused (a code of our own).
+COMMIT_REFUSED = "SMR01"
+
+
+def refuse_commit(conn) -> None:
+    """Make any COMMIT of the rehearsal's transaction fail, so it rolls back instead: a
+    deferred constraint trigger, which PostgreSQL fires at COMMIT, raises. A COMMIT a
+    revision sends as SQL (op.execute("COMMIT")) is refused by the server itself, whatever
+    its spelling. Everything is temporary and goes with the rollback."""
+    with conn.connection.cursor() as raw:  # the driver's own, in the rehearsal's transaction
+        raw.execute("CREATE FUNCTION pg_temp.rehearsal_refuses_commit() RETURNS trigger "
+                    "LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION USING ERRCODE = '"
+                    + COMMIT_REFUSED + "', MESSAGE = 'a rehearsal never commits'; END $$")
+        raw.execute("CREATE TEMP TABLE rehearsal_commit_guard (x int)")
+        raw.execute("CREATE CONSTRAINT TRIGGER rehearsal_commit_guard AFTER INSERT ON "
+                    "rehearsal_commit_guard DEFERRABLE INITIALLY DEFERRED FOR EACH ROW "
+                    "EXECUTE FUNCTION pg_temp.rehearsal_refuses_commit()")
+        raw.execute("INSERT INTO rehearsal_commit_guard VALUES (1)")
+
+
+def never_commits(run, connection, migration_context, label: str):
+    """`run` (a revision's upgrade or downgrade, in the rehearsal's transaction), refused
+    with one line before it leaves that transaction: its autocommit_block() raises before
+    Alembic commits, a switch of the connection's isolation level or a commit() raises
+    before it reaches the server (SQLAlchemy's events), and a COMMIT statement fails in the
+    server (refuse_commit), which rolls everything back."""
+    def refusal(why: str) -> MigrationError:
+        return MigrationError(
+            f"{label}: {why}, which the one transaction of a rehearsal cannot hold; not "
+            "rehearsed, rolled back, the database was not changed")
+
+    @contextmanager
+    def autocommit_block():
+        raise refusal("it runs statements outside a transaction (autocommit_block)")
+        yield  # pragma: no cover
+
+    def isolation(conn, options) -> None:
+        if "isolation_level" in options:
+            raise refusal("it changes the connection's isolation level")
+
+    def commit(conn) -> None:
+        raise refusal("it commits its transaction")
+
+    def guarded(**kwargs):
+        migration_context.autocommit_block = autocommit_block
+        sa.event.listen(connection, "set_connection_execution_options", isolation)
+        sa.event.listen(connection, "commit", commit)
+        try:
+            return run(**kwargs)
+        except sa.exc.DBAPIError as exc:
+            if getattr(exc.orig, "pgcode", None) == COMMIT_REFUSED:
+                raise refusal("it commits its transaction (a COMMIT statement)") from None
+            raise
+        finally:
+            sa.event.remove(connection, "commit", commit)
+            sa.event.remove(connection, "set_connection_execution_options", isolation)
+            del migration_context.autocommit_block  # the class's method again
+    return guarded
+
+
+# Every sequence of the app, in every schema: its last value (None: never used).
+SEQUENCES = """
+SELECT schemaname, sequencename, last_value, start_value FROM pg_sequences
+WHERE schemaname NOT IN ('pg_catalog', 'information_schema') AND left(schemaname, 7) <> 'pg_temp'
+"""
+
+
+def sequence_values(conn) -> dict[Table, tuple[int, bool]]:
+    """{(schema, sequence): (value, is_called)}, as setval takes them back."""
+    with conn.connection.cursor() as raw:  # the driver's own: no events
+        raw.execute(SEQUENCES)
+        return {(schema, name): (start if last is None else last, last is not None)
+                for schema, name, last, start in raw.fetchall()}
+
+
+def put_back_sequences(conn, before: dict[Table, tuple[int, bool]], failed: bool) -> None:
+    """After the rollback: set back the sequences the rehearsal advanced (nextval is not
+    transactional), and say so; if that fails, say they moved (unless the rehearsal's own
+    error is already on its way)."""
+    from psycopg2 import sql
+
+    now = sequence_values(conn)
+    moved = sorted(key for key, value in before.items() if now.get(key, value) != value)
+    if not moved:
+        return
+    names = ", ".join(".".join(key) for key in moved)
+    try:
+        with conn.begin(), conn.connection.cursor() as raw:
+            for key in moved:
+                value, called = before[key]
+                raw.execute("SELECT setval(%(name)s::regclass, %(value)s, %(called)s)",
+                            {"name": sql.Identifier(*key).as_string(raw), "value": value,
+                             "called": called})
+    except sa.exc.DBAPIError as exc:
+        if not failed:
+            raise MigrationError(f"rolled back, but the sequences the rehearsal advanced ({names}) "
+                                 f"could not be set back: {exc.orig}") from None
+        return
+    print(f"Sequences the rehearsal advanced, set back: {names}")
 
 
 class Kept(NamedTuple):

@@ -32,7 +32,7 @@ from .checksums import (
 from .errors import Interrupted, MigrationError, interrupt_in
 from .options import run_options
 from .postgres import retrying
-from .rehearsal import LockWatch, rows_before_after
+from .rehearsal import LockWatch, never_commits, rows_before_after
 from .snapshots import (
     BOOKKEEPING,
     give_identity,
@@ -292,13 +292,13 @@ class Run:
         """Log the revision's line when it ends, with its time; on PostgreSQL, retry it when a
         lock is not granted within MIGRATE_PG_LOCK_TIMEOUT."""
         run = step.migration_fn
-        if self.in_one_transaction and "autocommit_block" in Path(step.revision.path).read_text():
-            name = Path(step.revision.path).name
-
-            def run(**kwargs):
-                log.warning("%s runs outside a transaction (autocommit_block): not rehearsed", name)
+        name = Path(step.revision.path).name
+        migration_context = self.context.get_context()
+        if self.in_one_transaction:  # a rehearsal never commits: see rehearsal.never_commits
+            run, migration_context = never_commits(run, self.connection, migration_context,
+                                                   name), None
         if self.connection.dialect.name == "postgresql":
-            run = retrying(run, self.connection, self.settings, Path(step.revision.path).name)
+            run = retrying(run, self.connection, self.settings, name, migration_context)
         log = logging.getLogger("alembic.runtime.migration")
         step.safe_migrate_timed = True  # RevisionLines leaves its start line out
 

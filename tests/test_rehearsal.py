@@ -151,7 +151,7 @@ def test_round_trip_on_postgresql(pending_on_postgresql):
 
 
 @pytest.mark.postgresql
-def test_a_revision_that_needs_autocommit_is_named_and_skipped(pending_on_postgresql):
+def test_a_revision_that_needs_autocommit_is_named_and_refused(pending_on_postgresql):
     project = pending_on_postgresql
     project.add_revision("conc0001", """
         def upgrade():
@@ -166,7 +166,8 @@ def test_a_revision_that_needs_autocommit_is_named_and_skipped(pending_on_postgr
 
     code, output = project.db("upgrade", "--rehearse")
 
-    assert code == 0, output
-    assert ("conc0001_test.py runs outside a transaction (autocommit_block): not rehearsed"
-            in output), output
+    assert code == 1, output
+    assert output.splitlines()[-1].startswith(
+        "Error: conc0001_test.py: it runs statements outside a transaction (autocommit_block)"
+    ), output
     assert project.state() == before
