@@ -271,8 +271,8 @@ def test_a_malformed_timeout_is_one_line(sqlite_project):
     code, output = sqlite_project.db("current", env={"MIGRATE_LOCK_TIMEOUT": "soon"})
 
     assert (code, output.strip()) == (
-        1, "Error: MIGRATE_LOCK_TIMEOUT must be a number of seconds from 0 to 2147483.647, "
-           "not 'soon'")
+        1, ("Error: MIGRATE_LOCK_TIMEOUT must be a number of seconds from 0 to 2147483.647, "
+            "not 'soon'"))
 
 
 def test_a_file_that_is_not_sqlite_is_left_alone(sqlite_project):
