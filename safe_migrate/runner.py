@@ -44,7 +44,7 @@ from .sqlite_copies import install as install_sqlite_copies
 from .sqlite_copies import losses as sqlite_copy_losses
 from .state import MigrateState, current_state
 
-# What connecting does about a missing SQLite file, by command (see MigrateState.missing).
+# What connecting does about a missing SQLite file, by command (see sqlite.missing_file_guard).
 MISSING_FILE = {"upgrade": "create", "stamp": "create", "revision": "compare with empty"}
 # The commands that change the database, and so run under the migration lock.
 LOCKED = {"upgrade", "downgrade", "stamp", None}
@@ -107,7 +107,7 @@ def run_online(context, state: MigrateState) -> None:
     try:
         engine.connect().close()  # a missing file fails here, before any lock file
         lock = state.lock(budget) if command in LOCKED else nullcontext()
-        with lock, engine.connect().execution_options(migration=True) as connection:
+        with lock, engine.connect() as connection:
             Run(context, state, connection, existed, command, budget, progress, path,
                 rehearsal).run()
     except BaseException as exc:
