@@ -1,6 +1,6 @@
 """Test sessions: the whole suite on Python 3.11 with coverage across the CLI subprocesses,
 through both CLIs; the SQLite half on 3.13 (the newest), through the Manager. `nox` runs those
-two (CI's time allows no more: the 3.11 session alone takes about 45 minutes on 2 cores);
+two, each with one test process per core (pytest-xdist);
 `nox -s sqlite-3.12` runs the 3.12 one, `nox -s tests` one."""
 import os
 from pathlib import Path
@@ -15,6 +15,8 @@ PYENV_VERSIONS = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "v
 os.environ["PATH"] = os.pathsep.join(
     [os.environ["PATH"], *map(str, sorted(PYENV_VERSIONS.glob("3.1[123].*/bin")))])
 ROOT = Path(__file__).resolve().parent
+# One test process per core (pytest-xdist); each starts its own PostgreSQL server.
+XDIST = ["-n", "auto", "--dist", "worksteal", "--durations=15"]
 
 
 def install(session):
@@ -27,7 +29,7 @@ def tests(session):
     install(session)
     session.env["COVERAGE_FILE"] = str(ROOT / ".coverage")
     session.run("coverage", "erase")
-    session.run("coverage", "run", "-m", "pytest", *session.posargs)
+    session.run("coverage", "run", "-m", "pytest", *XDIST, *session.posargs)
     session.run("coverage", "combine", "-q")
     session.run("coverage", "report")
 
@@ -38,4 +40,4 @@ def sqlite(session):
     every test through both CLIs)."""
     install(session)
     session.env["TEST_CLIS"] = "manager"
-    session.run("python", "-m", "pytest", "-m", "not postgresql", *session.posargs)
+    session.run("python", "-m", "pytest", *XDIST, "-m", "not postgresql", *session.posargs)
