@@ -21,6 +21,7 @@ from .checksums import (
     recorded_checksums,
     remember_checksums,
 )
+from .connections import refuse_unsupported
 from .errors import Interrupted, MigrationError
 from .options import run_options
 from .revisions import database_heads, revision_index
@@ -113,6 +114,8 @@ def upgrade(directory=None, revision="head", sql=False, tag=None, x_arg=None, re
     """Upgrade to a later version (a SQLite file is snapshotted first; -x backup=off skips;
     --rehearse runs it on a copy and reports)"""
     run_options(x_arg, "upgrade")
+    if not sql:
+        refuse_unsupported(current_state().url, "upgrade")
     if rehearse or round_trip:
         return rehearse_run("upgrade", directory, revision, x_arg, round_trip)
     if not sql and revision in ("head", "heads") and nothing_to_upgrade(directory):
@@ -175,6 +178,8 @@ def downgrade(directory=None, revision="-1", sql=False, tag=None, x_arg=None, re
     skips; to base, or dropping tables that hold rows, asks first: -x yes answers;
     --rehearse runs it on a copy and reports)"""
     run_options(x_arg, "downgrade")
+    if not sql:
+        refuse_unsupported(current_state().url, "downgrade")
     if rehearse or round_trip:
         return rehearse_run("downgrade", directory, revision, x_arg, round_trip)
     from alembic import command
@@ -256,6 +261,8 @@ def current(directory=None, verbose=False):
 def stamp(directory=None, revision="head", sql=False, tag=None):
     """'stamp' the revision table with the given revision; don't run any migrations
     (this is how an existing database is adopted)"""
+    if not sql:
+        refuse_unsupported(current_state().url, "stamp")
     from alembic import command
 
     command.stamp(config(directory, command="stamp"), revision, sql=sql, tag=tag)

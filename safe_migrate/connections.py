@@ -16,6 +16,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from . import postgres, sqlite
+from .errors import MigrationError
 from .locks import WaitBudget
 from .settings import Settings
 from .urls import check_database_url
@@ -25,6 +26,24 @@ def database_url(uri: str | sa.engine.URL) -> sa.engine.URL:
     """The app's database URL, parsed and checked: a dialect or driver that is not there is
     one line (urls.py)."""
     return check_database_url(uri)
+
+
+# The databases this package keeps its guarantees on (docs/guarantees.md).
+SUPPORTED = ("sqlite", "postgresql")
+
+
+def refuse_unsupported(url: sa.engine.URL, command: str | None) -> None:
+    """A command that would change a database the package cannot keep its guarantees on
+    stops here, before it connects: MySQL and MariaDB commit each DDL statement on its own,
+    so a failed revision would stay half-applied, and there is no lock, snapshot or rehearsal
+    there. Offline `--sql` and the read-only commands still run."""
+    backend = url.get_backend_name()
+    if backend not in SUPPORTED:
+        raise MigrationError(
+            f"{command or 'this migration'} refused: on {backend} the package cannot keep its "
+            "guarantees (each DDL statement commits on its own, so a failed revision stays "
+            "half-applied; no lock, snapshot or rehearsal); nothing was changed. "
+            "See docs/guarantees.md")
 
 
 def migration_engine(url: sa.engine.URL, path: Path | None, settings: Settings,

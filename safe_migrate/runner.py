@@ -19,7 +19,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from flask import current_app
 
-from . import guards
+from . import connections, guards
 from .autogenerate import (
     library_warnings_as_notes,
     revision_directives_hook,
@@ -99,6 +99,8 @@ def run_online(context, state: MigrateState) -> None:
         Run(context, state, rehearsal.connection, True, command, rehearsal.budget,
             rehearsal=rehearsal).run()
         return
+    if command in LOCKED:
+        connections.refuse_unsupported(state.url, command)
     path = rehearsal.path if rehearsal is not None else state.path
     existed = path is not None and path.exists()
     budget = state.wait_budget()
