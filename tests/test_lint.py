@@ -315,3 +315,11 @@ def test_without_a_reachable_postgresql_the_rules_alone_run(make_project):
         f"{TUTORIAL_DROP}:20: ban-drop-column: drops employee.email: code still running that "
         "reads it fails; " + lint.RULES["ban-drop-column"],
         "1 finding(s) in 3 revision(s) (no database reachable: rules only)"]
+
+
+def test_lint_has_its_help(sqlite_project):
+    code, output = sqlite_project.db("lint", "--help")
+
+    assert code == 0, output
+    text = " ".join(output.split())
+    assert "exit 1 on a finding" in text and "--since" in text and "--format" in text
