@@ -255,6 +255,47 @@ def test_the_tutorials_history_names_its_dropped_column_on_postgresql(pg_project
         "1 finding(s) in 3 revision(s)"]
 
 
+EVERY_OP = """
+    def upgrade():
+        op.create_index("ix_employee_age", "employee", ["age"], postgresql_concurrently=True)
+        op.alter_column("employee", "age", nullable=False)
+        op.alter_column("employee", "age", type_=sa.BigInteger)
+        op.add_column("employee", sa.Column("code", sa.String, nullable=False))
+        op.create_unique_constraint("uq_employee_age", "employee", ["age"])
+        op.alter_column("employee", "name", new_column_name="full_name")
+        op.rename_table("company", "firm")
+        op.drop_index("ix_employee_age", "employee")
+        op.drop_table("firm")
+
+
+    def downgrade():
+        pass
+"""
+
+
+@pytest.mark.postgresql
+def test_alembics_operations_are_named_at_their_lines(pg_project):
+    path = pg_project.add_revision("a1", EVERY_OP)
+
+    code, out = pg_project.db("lint", "a1")
+
+    assert code == 1, out
+    found = [(line.split(": ")[0].rsplit(":", 1)[1], line.split(": ")[1])
+             for line in out.splitlines()[:-1]]
+    expected = [
+        ("op.create_index", "ban-concurrent-index-creation-in-transaction"),
+        ("nullable=False)", "adding-not-nullable-field"),
+        ("type_=sa.BigInteger", "changing-column-type"),
+        ('"code"', "adding-required-field"),
+        ("op.create_unique_constraint", "disallowed-unique-constraint"),
+        ("new_column_name", "renaming-column"),
+        ("op.rename_table", "renaming-table"),
+        ("op.drop_index", "require-concurrent-index-deletion"),
+        ("op.drop_table", "ban-drop-table"),
+    ]
+    assert found == [(str(line_of(path, code)), rule) for code, rule in expected]
+
+
 # --- SQLite --------------------------------------------------------------------------------
 
 DROP_NAME = """
