@@ -554,7 +554,8 @@ def lint(config, state, revisions=(), since=None, output="text") -> int:
     errors = [f for f in findings if f.level == "error"]
     if output == "text":
         where = "" if sizes is not None else " (no database reachable: rules only)"
-        print(f"{len(errors)} finding(s) in {len(chosen)} revision(s){where}")
+        notes = f", {len(findings) - len(errors)} note(s)" if len(findings) > len(errors) else ""
+        print(f"{len(errors)} finding(s){notes} in {len(chosen)} revision(s){where}")
     return 1 if errors else 0
 
 

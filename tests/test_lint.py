@@ -341,7 +341,7 @@ def test_the_tutorials_history_names_its_dropped_column_on_sqlite(sqlite_project
         "still running that reads it fails; " + lint.RULES["ban-drop-column"],
         f"{TUTORIAL_DROP}:20: notice: sqlite-table-copy: copies employee (a new table, every "
         "row, then a rename) under the write lock; " + lint.RULES["sqlite-table-copy"],
-        "1 finding(s) in 3 revision(s) (no database reachable: rules only)"]
+        "1 finding(s), 1 note(s) in 3 revision(s) (no database reachable: rules only)"]
     assert not (sqlite_project.path / "data.db").exists()
 
 
