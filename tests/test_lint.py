@@ -302,6 +302,7 @@ DROP_NAME = """
     def upgrade():
         with op.batch_alter_table("employee") as batch_op:
             batch_op.drop_column("name")
+        op.drop_table("company")
 
 
     def downgrade():
@@ -309,7 +310,8 @@ DROP_NAME = """
 """
 
 
-def test_a_drop_column_that_copies_a_big_sqlite_table_is_named(sqlite_project):
+def test_a_drop_column_that_copies_a_big_sqlite_table_and_a_drop_table_are_named(
+        sqlite_project):
     project = sqlite_project
     assert project.db("upgrade")[0] == 0
     project.execute("WITH RECURSIVE i(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM i "
@@ -329,7 +331,10 @@ def test_a_drop_column_that_copies_a_big_sqlite_table_is_named(sqlite_project):
         f"{where}: sqlite-table-copy: copies employee (a new table, every row, then a rename) "
         "under the write lock (employee: 100,000 rows in the database); "
         + lint.RULES["sqlite-table-copy"],
-        "2 finding(s) in 1 revision(s)"]
+        f"{relative(project, path)}:{line_of(path, 'op.drop_table')}: ban-drop-table: drops "
+        "table company: code still running that reads it fails (company: 0 rows in the "
+        "database); " + lint.RULES["ban-drop-table"],
+        "3 finding(s) in 1 revision(s)"]
 
 
 def test_the_tutorials_history_names_its_dropped_column_on_sqlite(sqlite_project):
