@@ -32,7 +32,7 @@ class Opt:
         self.default = default
         self.flag = flag            # --sql: true when given
         self.multiple = multiple    # -x a -x b
-        self.nargs = nargs          # arguments: "?" (optional), "+" (one or more)
+        self.nargs = nargs          # arguments: "?" (optional), "+" / "*" (one / any or more)
         self.metavar = metavar      # the value's name in help: -x KEY[=VALUE]
         self.dest = max(flags, key=len).lstrip("-").replace("-", "_")
 
@@ -103,6 +103,10 @@ COMMANDS = {
     "stamp": (commands.stamp, [DIRECTORY, SQL, TAG, opt("revision", nargs="?", default="head",
                                                          help="revision identifier")]),
     "check": (commands.check, [DIRECTORY]),
+    "lint": (commands.lint, [DIRECTORY, opt("--since", help="lint the revisions after this "
+                                                           "one"),
+                             opt("--format", default="text", help="text, or github (annotations)"),
+                             opt("revisions", nargs="*", help="revisions to lint (default: all)")]),
     "repair": (commands.repair, [DIRECTORY]),
     "restore": (commands.restore, [opt("snapshot", help="a snapshot file, from backups/ beside "
                                                         "the database"), x_arg("restore")]),
@@ -185,8 +189,9 @@ def flask_script_manager() -> flask_script.Manager:
 
 def click_param(o: Opt) -> click.Parameter:
     if o.positional:
-        nargs = -1 if o.nargs == "+" else 1
-        return click.Argument([o.dest], nargs=nargs, required=o.nargs != "?", default=o.default)
+        nargs = -1 if o.nargs in ("+", "*") else 1
+        return click.Argument([o.dest], nargs=nargs, required=o.nargs not in ("?", "*"),
+                              default=o.default)
     return click.Option([*o.flags, o.dest], is_flag=o.flag or None, multiple=o.multiple,
                         default=o.default if not o.flag else False, help=o.help,
                         metavar=o.metavar)

@@ -310,6 +310,17 @@ def check(directory=None):
     print("The models, the migrations' head and the database agree.")
 
 
+def lint(directory=None, revisions=(), since=None, format="text"):
+    """Name the operations of the revisions (all, those named, or those after --since) that
+    lock or break a live database, with the safer pattern; exit 1 on a finding (docs/lint.md)"""
+    from .lint import lint as lint_revisions
+
+    code = lint_revisions(config(directory, command="lint"), current_state(), revisions,
+                          since, format)
+    if code:
+        sys.exit(code)
+
+
 def repair(directory=None):
     """Record the checksums of the applied revisions' files anew, after a deliberate edit."""
     state = current_state()
