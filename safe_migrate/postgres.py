@@ -10,6 +10,7 @@ every lock it took) and tried again after a pause, a bounded number of times
 from __future__ import annotations
 
 import functools
+import select
 import sys
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from contextlib import contextmanager
 
 import sqlalchemy as sa
 
-from .errors import MigrationError
+from .errors import MigrationError, interrupt_in
 from .settings import Settings
 
 LOCK_NOT_AVAILABLE = "55P03"
@@ -37,6 +38,51 @@ def install(engine: sa.engine.Engine, settings: Settings) -> None:
                             {"ms": milliseconds(settings.pg_statement_timeout)})
 
     sa.event.listen(engine, "begin", on_begin)
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """While a migration runs, Ctrl-C stops the statement the server is running instead of
+    waiting for it to end (a CREATE INDEX on a big table, a wait for a lock): psycopg2's
+    documented way, a wait callback (`extras.wait_select`) that cancels the statement on
+    the server. Unlike wait_select, the Ctrl-C is raised once the server has cancelled,
+    not swallowed, so the run stops and says what stays. psycopg2's callback is
+    process-wide: the one before is put back when the run ends."""
+    from psycopg2 import extensions
+
+    before = extensions.get_wait_callback()
+    extensions.set_wait_callback(wait_cancelling_on_interrupt)
+    try:
+        yield
+    finally:
+        extensions.set_wait_callback(before)
+
+
+def wait_cancelling_on_interrupt(conn) -> None:
+    """psycopg2.extras.wait_select, raising the KeyboardInterrupt after the cancel."""
+    from psycopg2 import extensions
+
+    interrupt = None
+    while True:
+        try:
+            state = conn.poll()
+            if state == extensions.POLL_OK:
+                break
+            if state == extensions.POLL_READ:
+                select.select([conn.fileno()], [], [])
+            elif state == extensions.POLL_WRITE:
+                select.select([], [conn.fileno()], [])
+            else:
+                raise conn.OperationalError(f"bad state from poll: {state}")
+        except KeyboardInterrupt as exc:
+            conn.cancel()  # the server ends the statement; poll() then raises its error
+            interrupt = exc
+        except extensions.QueryCanceledError:
+            if interrupt is None:
+                raise
+            raise interrupt from None
+    if interrupt is not None:  # the statement had ended before the cancel reached it
+        raise interrupt
 
 
 def in_transaction_mode(connection) -> bool:
@@ -83,6 +129,10 @@ def retrying(run, connection, settings: Settings, label: str, migration_context)
                 if standing and server_in_transaction(connection.connection.dbapi_connection):
                     savepoint.rollback()
                 if outside.left:  # no retry of the whole: work may have committed
+                    interrupt = interrupt_in(exc)
+                    if interrupt is not None:  # Ctrl-C: runner.Progress says what stays
+                        interrupt.committed_statements = list(outside.committed)
+                        raise interrupt from None
                     raise MigrationError(outside.failure(exc)) from None
                 if not (standing and isinstance(exc, sa.exc.OperationalError)
                         and is_lock_timeout(exc)):

@@ -19,7 +19,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from flask import current_app
 
-from . import connections, guards
+from . import connections, guards, postgres
 from .autogenerate import (
     library_warnings_as_notes,
     revision_directives_hook,
@@ -74,7 +74,9 @@ def run_migrations() -> None:
     state = current_state()
     if context.is_offline_mode():
         run_offline(context, state)
-    else:
+        return
+    postgresql = state.url.get_backend_name() == "postgresql"
+    with postgres.interruptible() if postgresql else nullcontext():
         run_online(context, state)
 
 
@@ -115,8 +117,10 @@ def run_online(context, state: MigrateState) -> None:
     except BaseException as exc:
         if path is not None and not existed:
             remove_if_empty(path)
-        if interrupt_in(exc) is not None and not isinstance(exc, Interrupted):
-            raise Interrupted(progress.interrupted()) from None
+        interrupt = interrupt_in(exc)
+        if interrupt is not None and not isinstance(exc, Interrupted):
+            committed = getattr(interrupt, "committed_statements", [])
+            raise Interrupted(progress.interrupted(committed)) from None
         raise
     finally:
         engine.dispose()
@@ -137,10 +141,17 @@ class Progress:
             self.applied.append(self.running.rsplit(" ", 1)[-1])
             self.running = None
 
-    def interrupted(self) -> str:
+    def interrupted(self, committed: list[str] = ()) -> str:
+        """The line for Ctrl-C; `committed` are the statements of the running revision that
+        had committed outside its transaction (postgres.OutsideTransaction): they stay."""
         done = (f"the {len(self.applied)} revision(s) of this run before it stay applied "
                 f"({', '.join(self.applied)})" if self.applied
                 else "no revision of this run had been applied before it")
+        if self.running and committed:
+            stay = "; ".join(f"{n}) {s}" for n, s in enumerate(committed, 1))
+            return (f"interrupted during {self.running}: {len(committed)} of its statements "
+                    f"had committed, and they stay: {stay}; the rest of it was rolled back and "
+                    f"its version is not recorded; {done}")
         if self.running:
             return f"interrupted during {self.running}: it was rolled back; {done}"
         if self.snapshotting:

@@ -1,5 +1,6 @@
 """PostgreSQL: revisions that leave the transaction (autocommit_block, a COMMIT) run
 correctly in `db upgrade`, and a rehearsal never commits, nor leaves a sequence advanced."""
+import signal
 import subprocess
 import threading
 
@@ -42,6 +43,18 @@ COMMITS_IN_THE_MIDDLE = """
 
     def downgrade():
         pass
+"""
+
+# Work in the transaction, then a statement outside it that waits for the test's advisory lock.
+COLUMN_THEN_WAITING = """
+    def upgrade():
+        op.add_column("employee", sa.Column("nickname", sa.String))
+        with op.get_context().autocommit_block():
+            op.execute("SELECT pg_advisory_lock(4242)")
+
+
+    def downgrade():
+        op.drop_column("employee", "nickname")
 """
 
 INSERTS_ROWS = """
@@ -194,6 +207,35 @@ def test_a_failure_after_leaving_the_transaction_says_what_committed(at_head):
     assert project.version() == head
     assert project.query("SELECT count(*) FROM migration_checksums "
                          "WHERE revision = 'fail0001'") == [(0,)]
+
+
+def test_ctrl_c_outside_the_transaction_says_what_committed(at_head):
+    """Never "rolled back" for work that committed: Ctrl-C while a statement of the
+    autocommit block waits names the statement that stays."""
+    project = at_head
+    head = project.version()
+    project.add_revision("wait0001", COLUMN_THEN_WAITING)
+    holder = project.engine().connect()
+    holder.execute(sa.text("SELECT pg_advisory_lock(4242)"))
+    try:
+        run = start(project, "upgrade", MIGRATE_PG_LOCK_TIMEOUT="600")
+        waiting = ("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                   "AND query = 'SELECT pg_advisory_lock(4242)'")
+        while project.query(waiting) != [(1,)]:  # the catalog says when it waits
+            assert run.poll() is None, run.communicate()[0]
+        run.send_signal(signal.SIGINT)
+        output, _ = run.communicate(timeout=60)
+    finally:
+        holder.close()
+
+    assert run.returncode == 130, output
+    assert output.splitlines()[-1] == (
+        "Error: interrupted during the upgrade of wait0001: 1 of its statements had committed, "
+        "and they stay: 1) ALTER TABLE employee ADD COLUMN nickname VARCHAR; the rest of it was "
+        "rolled back and its version is not recorded; no revision of this run had been applied "
+        "before it")
+    assert "nickname" in project.columns("employee")
+    assert project.version() == head
 
 
 def test_a_rehearsal_refuses_a_revision_that_commits(at_head):
