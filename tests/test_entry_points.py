@@ -31,7 +31,7 @@ def test_flask_db_is_the_apps_own_group(sqlite_project):
     code, output = sqlite_project.run(sys.executable, "-m", "flask", "db", "--help",
                                       env={"FLASK_APP": "migrate_example.py"})
     assert code == 0, output
-    for ours in ("check", "repair", "restore"):
+    for ours in ("check", "repair", "restore", "lint"):
         assert f"  {ours} " in output, output
 
 

@@ -6,7 +6,7 @@ from conftest import ROWS
 
 HEAD_COLUMNS = {"employee": ["id", "name", "age"], "company": ["cid", "cname", "clocation"]}
 SUBCOMMANDS = ["init", "revision", "migrate", "edit", "merge", "upgrade", "downgrade", "show",
-               "history", "heads", "branches", "current", "stamp", "check", "repair", "restore"]
+               "history", "heads", "branches", "current", "stamp", "check", "repair", "restore", "lint"]
 
 
 def snapshot(project, columns):
