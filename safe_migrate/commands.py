@@ -22,6 +22,7 @@ from .checksums import (
     remember_checksums,
 )
 from .errors import Interrupted, MigrationError
+from .multidb import is_multidb
 from .options import run_options
 from .revisions import database_heads, revision_index
 from .snapshots import (
@@ -60,11 +61,12 @@ def init(directory=None, multidb=False):
     """Creates a new migration repository"""
     from alembic import command
 
-    if multidb:
-        raise MigrationError("--multidb is not supported: its env.py would bypass the "
-                             "guarantees of safe_migrate")
     directory = directory or current_state().directory
-    command.init(config(directory), directory, "flask")
+    if multidb:
+        from .multidb import refuse_without_binds
+
+        refuse_without_binds()
+    command.init(config(directory), directory, "flask-multidb" if multidb else "flask")
 
 
 def revision(directory=None, message=None, autogenerate=False, sql=False, head="head",
@@ -127,10 +129,13 @@ def rehearse_run(kind: str, directory, revision: str, x_arg, round_trip: bool) -
     rehearsal.py); with round_trip, go back and run it again, and compare every row."""
     from alembic import command
 
+    from . import multidb
     from .rehearsal import rehearsal
     from .runner import revision_label
 
     state = current_state()
+    if multidb.is_multidb(directory or state.directory):
+        return multidb.rehearse_run(kind, directory, revision, x_arg, round_trip)
     x_arg = [*(x_arg or []), "backup=off"]
     with rehearsal(state) as (where, remember):
         with state.engine.connect() as conn:
@@ -157,7 +162,8 @@ def nothing_to_upgrade(directory) -> bool:
     state = current_state()
     directory = Path(directory or state.directory)
     index = cached_index(directory)
-    if index is None or (state.path is not None and not state.path.exists()):
+    if index is None or (state.path is not None and not state.path.exists()) \
+            or is_multidb(directory):  # each database is Alembic's to read (multidb.py)
         return False
     with state.engine.connect() as conn:
         heads = database_heads(conn)
@@ -238,7 +244,8 @@ def branches(directory=None, verbose=False):
 def current(directory=None, verbose=False):
     """Display the current revision for each database."""
     state = current_state()
-    index = None if verbose else cached_index(directory)
+    multidb = is_multidb(directory or state.directory)  # each database: Alembic's reading
+    index = None if verbose or multidb else cached_index(directory)
     if index is not None:
         # What Alembic's `current` prints, without loading Alembic or every revision file.
         with state.engine.connect() as conn:

@@ -1,0 +1,253 @@
+"""`db init --multidb`: one migration history for the app's default database and each of
+its SQLALCHEMY_BINDS, as Flask-Migrate 2.7's multidb template has it (the same revision ids
+in every database, each revision with an `upgrade_<bind>()` and `downgrade_<bind>()` per
+database, the default database's bind named '').
+
+This module owns what differs from a single database: which databases there are
+(`bind_names`), the migration state of one of them (`BindState`), running the Alembic
+command in progress on each in turn (`run_multidb_migrations`, called from the template's
+env.py), and a rehearsal on all of them (`rehearse_run`). Each database's run is the
+single-database run of runner.py, with every guarantee it gives: its own engine and
+migration lock, its own snapshot (SQLite), checksums and alembic_version, its downgrade
+questions. The databases run one after the other, each revision committing on its own, so a
+failure in one says which databases committed what (`what_committed`).
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import sqlalchemy as sa
+from flask import current_app
+
+from . import connections
+from .errors import Interrupted, MigrationError, describe, interrupt_in
+from .revisions import database_heads
+from .state import MigrateState, current_state
+
+DEFAULT = ""  # the default database's bind name in the revision files, as Flask-Migrate's
+REHEARSAL = "safe_migrate.rehearsal"  # the key of config.attributes runner.py reads
+
+
+def bind_names(app=None) -> list[str]:
+    """The databases a multidb history migrates: '' (the default one), then each bind."""
+    app = app or current_app
+    return [DEFAULT, *(app.config.get("SQLALCHEMY_BINDS") or {})]
+
+
+def bind_label(name: str) -> str:
+    return "the default database" if name == DEFAULT else f"bind {name!r}"
+
+
+def is_multidb(directory: str | Path) -> bool:
+    """Whether the migrations folder was made by `db init --multidb` (its alembic.ini says
+    so: see templates/flask-multidb)."""
+    from configparser import ConfigParser
+
+    ini = ConfigParser(interpolation=None)
+    ini.read(Path(directory) / "alembic.ini")
+    return ini.getboolean("safe_migrate", "multidb", fallback=False)
+
+
+def refuse_without_binds() -> None:
+    if not current_app.config.get("SQLALCHEMY_BINDS"):
+        raise MigrationError("--multidb needs SQLALCHEMY_BINDS in the app's config; an app "
+                             "with one database takes `db init`")
+
+
+class BindState(MigrateState):
+    """The migration state of one of the app's databases: its URL (and so its SQLite file,
+    lock and engines) and the models' tables that live there."""
+
+    def __init__(self, state: MigrateState, name: str) -> None:
+        super().__init__(state.migrate, state.app)
+        self.name = name
+        self.bind = name or None  # Flask-SQLAlchemy's bind key (None: the default)
+        self.downgrade_function = f"downgrade_{name}"
+
+    @property
+    def url(self) -> sa.engine.URL:
+        if self.bind is None:
+            return super().url
+        uri = self.app.config["SQLALCHEMY_BINDS"][self.bind]
+        return connections.database_url(uri["url"] if isinstance(uri, dict) else uri)
+
+    @property
+    def metadata(self) -> sa.MetaData:
+        """The models' tables of this database, with the app's naming convention."""
+        metadata = sa.MetaData(naming_convention=self.db.metadata.naming_convention)
+        for table in self.db.metadata.tables.values():
+            if table.info.get("bind_key") == self.bind:
+                table.to_metadata(metadata)
+        return metadata
+
+    @property
+    def configure_args(self) -> dict:
+        # autogenerate renders each database's operations where the template puts them
+        return {**super().configure_args, "upgrade_token": f"{self.name}_upgrades",
+                "downgrade_token": f"{self.name}_downgrades"}
+
+
+class BindContext:
+    """Alembic's `context` for one database's run: run_migrations() runs that database's
+    functions of each revision, and the revision directives hook sees its operations."""
+
+    def __init__(self, context, name: str, last: bool, empty: list[bool]) -> None:
+        self._context = context
+        self._name = name
+        self._last = last
+        self._empty = empty  # per database so far: whether autogenerate found no change
+
+    def __getattr__(self, attribute):
+        return getattr(self._context, attribute)
+
+    def run_migrations(self) -> None:
+        self._context.run_migrations(engine_name=self._name)
+
+    def configure(self, **options) -> None:
+        hook = options.get("process_revision_directives")
+        if hook is not None:
+            options["process_revision_directives"] = self.directives_of_this_database(hook)
+        self._context.configure(**options)
+
+    def directives_of_this_database(self, hook):
+        """The single-database hook (autogenerate.revision_directives_hook) on this
+        database's operations; the revision is left out only when no database changed."""
+        from alembic.operations import ops
+
+        def process_revision_directives(context, revision, directives):
+            script = directives[0]
+            view = [ops.MigrationScript(script.rev_id, script.upgrade_ops_list[-1],
+                                        script.downgrade_ops_list[-1])]
+            with quiet_no_changes():
+                hook(context, revision, view)
+            self._empty.append(not view)
+            if self._last and all(self._empty):
+                directives[:] = []
+                logging.getLogger("alembic.env").info("No changes in schema detected.")
+
+        return process_revision_directives
+
+
+class NoChangesFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "No changes in schema detected."
+
+
+@contextmanager
+def quiet_no_changes():
+    """One database without changes is not the revision's "No changes": that line comes
+    once, when no database changed."""
+    log, quiet = logging.getLogger("alembic.env"), NoChangesFilter()
+    log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        log.removeFilter(quiet)
+
+
+def run_multidb_migrations() -> None:
+    """Run the Alembic command in progress on each database in turn (call from env.py)."""
+    from alembic import context
+
+    from .runner import LOCKED, QuietStart, run_offline, run_online
+
+    for name in ("alembic.runtime.migration", "alembic.runtime.plugins"):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, QuietStart) for f in log.filters):
+            log.addFilter(QuietStart())
+    refuse_without_binds()
+    state = current_state()
+    names = bind_names(state.app)
+    command = context.config.attributes.get("safe_migrate.command")
+    places = context.config.attributes.get(REHEARSAL)  # {name: rehearsal.Place}, or None
+    offline = context.is_offline_mode()
+    empty: list[bool] = []
+    before: dict[str, str] = {}
+    log = logging.getLogger("alembic.env")
+    for n, name in enumerate(names):
+        bind = BindState(state, name)
+        bind_context = BindContext(context, name, n == len(names) - 1, empty)
+        log.info("Migrating database %s", name or "<default>")
+        if command in LOCKED and not offline and places is None:
+            before[name] = heads_label(bind)
+        try:
+            if offline:
+                run_offline(bind_context, bind)
+                continue
+            context.config.attributes[REHEARSAL] = places[name] if places else None
+            run_online(bind_context, bind)
+        except BaseException as exc:  # noqa: BLE001  (Ctrl-C too: it says what committed)
+            if command not in LOCKED or offline or places is not None:
+                raise failure(exc, f"{bind_label(name)}: {describe(exc)}") from None
+            after = {done: heads_label(BindState(state, done)) for done in names[:n + 1]}
+            raise failure(exc, f"{bind_label(name)}: {describe(exc)}. "
+                               + what_committed(names, before, after)) from None
+        finally:
+            context.config.attributes[REHEARSAL] = places
+
+
+def failure(exc: BaseException, message: str) -> BaseException:
+    """The error to show for a database's failure: a Ctrl-C stays one (exit 130)."""
+    if interrupt_in(exc) is not None:
+        return Interrupted(message)
+    return MigrationError(message)
+
+
+def heads_label(bind: BindState) -> str:
+    """The revisions the database is at now, read on an engine of our own ("base" for none,
+    and for a SQLite file that does not exist)."""
+    from .runner import revision_label
+
+    if bind.path is not None and not bind.path.exists():
+        return "base"
+    engine = bind.engine
+    try:
+        with engine.connect() as conn:
+            return revision_label(database_heads(conn))
+    except sa.exc.DBAPIError as exc:
+        return f"unknown ({describe(exc)})"
+    finally:
+        engine.dispose()
+
+
+def what_committed(names: list[str], before: dict[str, str], after: dict[str, str]) -> str:
+    """Each database's state after a failure: which committed (from -> to), which are as
+    they were, which the run never reached."""
+    parts = []
+    for name in names:
+        label = bind_label(name)
+        if name not in after:
+            parts.append(f"{label}: not run")
+        elif after[name] == before[name]:
+            parts.append(f"{label}: unchanged at {after[name]}")
+        else:
+            parts.append(f"{label}: committed {before[name]} -> {after[name]}")
+    return "Databases now: " + "; ".join(parts)
+
+
+def rehearse_run(kind: str, directory, revision: str, x_arg, round_trip: bool) -> None:
+    """`db upgrade|downgrade --rehearse` of a multidb history: each SQLite database on its
+    copy, each PostgreSQL one in its own never-committing transaction (rehearsal.py), all
+    thrown away at the end."""
+    from alembic import command
+
+    from .commands import config
+    from .rehearsal import rehearsal
+
+    if round_trip:
+        raise MigrationError("--round-trip is not available for a multidb history yet; "
+                             "--rehearse is")
+    refuse_without_binds()
+    state = current_state()
+    x_arg = [*(x_arg or []), "backup=off"]
+    with ExitStack() as stack:
+        places = {}
+        for name in bind_names(state.app):
+            places[name], _ = stack.enter_context(rehearsal(BindState(state, name)))
+        getattr(command, kind)(config(directory, x_arg, command=kind, rehearsal=places), revision)
+
+
+__all__ = ["BindState", "bind_names", "is_multidb", "rehearse_run",
+           "run_multidb_migrations"]
