@@ -179,7 +179,10 @@ def run_multidb_migrations() -> None:
             context.config.attributes[REHEARSAL] = places[name] if places else None
             run_online(bind_context, bind)
         except BaseException as exc:  # noqa: BLE001  (Ctrl-C too: it says what committed)
-            if command not in LOCKED or offline or places is not None:
+            if places is not None:
+                raise failure(exc, f"{bind_label(name)}: {describe(exc)}. A rehearsal: no "
+                                   "database was changed") from None
+            if command not in LOCKED or offline:
                 raise failure(exc, f"{bind_label(name)}: {describe(exc)}") from None
             after = {done: heads_label(BindState(state, done)) for done in names[:n + 1]}
             raise failure(exc, f"{bind_label(name)}: {describe(exc)}. "
