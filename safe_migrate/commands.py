@@ -281,6 +281,10 @@ def check(directory=None):
     state = current_state()
     index = cached_index(directory)
     script_heads = index["heads"] if index else script_directory(directory).get_heads()
+    if is_multidb(directory or state.directory):  # each database: multidb.py
+        from .multidb import check
+
+        return check(script_heads)
     problems = []
     with state.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={
@@ -314,6 +318,10 @@ def repair(directory=None):
     """Record the checksums of the applied revisions' files anew, after a deliberate edit."""
     state = current_state()
     script = script_directory(directory)
+    if is_multidb(directory or state.directory):  # each database: multidb.py
+        from .multidb import repair
+
+        return repair(script)
     with state.lock(state.wait_budget()), state.engine.begin() as conn:
         applied = list(script.iterate_revisions(database_heads(conn), "base"))
         ensure_checksum_table(conn)

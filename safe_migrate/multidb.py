@@ -230,6 +230,77 @@ def what_committed(names: list[str], before: dict[str, str], after: dict[str, st
     return "Databases now: " + "; ".join(parts)
 
 
+def check(script_heads: list[str]) -> None:
+    """`db check` of a multidb history: each database against its models' tables and the
+    migrations' head; exit 1 with each difference on a line, named for its database."""
+    import sys
+    import warnings
+
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from .autogenerate import describe_difference
+    from .names import NamesOnly
+    from .runner import not_our_bookkeeping, revision_label
+    from .sqlite import describe_violations, foreign_key_violations
+
+    refuse_without_binds()
+    state = current_state()
+    problems = []
+    for name in bind_names(state.app):
+        bind = BindState(state, name)
+        metadata, lines = bind.metadata, []
+        engine = bind.engine
+        try:
+            with engine.connect() as conn:
+                context = MigrationContext.configure(conn, opts={
+                    "compare_type": True, "include_name": not_our_bookkeeping,
+                    "target_metadata": metadata})
+                heads = context.get_current_heads()
+                if set(heads) != set(script_heads):
+                    lines.append(f"database at {revision_label(heads)}, migrations' head is "
+                                 f"{revision_label(script_heads)}: run `db upgrade`")
+                with warnings.catch_warnings():  # reflection warnings are no differences
+                    warnings.simplefilter("ignore", sa.exc.SAWarning)
+                    differences = NamesOnly(conn, metadata).differences(
+                        compare_metadata(context, metadata))
+                for difference in differences:
+                    lines += describe_difference(difference)
+                if conn.dialect.name == "sqlite":
+                    violations = foreign_key_violations(conn)
+                    if violations:
+                        lines.append(f"foreign keys: {describe_violations(violations)}")
+        finally:
+            engine.dispose()
+        problems += [f"{bind_label(name)}: {line}" for line in lines]
+    if problems:
+        print("\n".join(problems))
+        sys.exit(1)
+    print("The models, the migrations' head and each database agree.")
+
+
+def repair(script) -> None:
+    """`db repair` of a multidb history: each database records the checksums of the
+    revisions applied to it anew, under its own migration lock."""
+    from .checksums import ensure_checksum_table, forget_checksums, remember_checksums
+
+    refuse_without_binds()
+    state = current_state()
+    for name in bind_names(state.app):
+        bind = BindState(state, name)
+        engine = bind.engine
+        try:
+            with bind.lock(bind.wait_budget()), engine.begin() as conn:
+                applied = list(script.iterate_revisions(database_heads(conn), "base"))
+                ensure_checksum_table(conn)
+                forget_checksums(conn)
+                remember_checksums(conn, applied)
+        finally:
+            engine.dispose()
+        print(f"{bind_label(name).capitalize()}: recorded the checksums of {len(applied)} "
+              "applied revision(s)")
+
+
 def rehearse_run(kind: str, directory, revision: str, x_arg, round_trip: bool) -> None:
     """`db upgrade|downgrade --rehearse` of a multidb history: each SQLite database on its
     copy, each PostgreSQL one in its own never-committing transaction (rehearsal.py), all

@@ -142,6 +142,7 @@ def test_each_database_gets_its_tables_version_checksums_and_snapshot(shop):
     for database in (shop_db, users_db):
         assert rows(database, "SELECT version_num FROM alembic_version") == [(first,)]
         assert rows(database, "SELECT revision FROM migration_checksums") == [(first,)]
+    assert shop.db("check") == (0, "The models, the migrations' head and each database agree.\n")
     with sqlite3.connect(users_db) as conn:
         conn.execute("INSERT INTO account (email) VALUES ('a@example.com')")
     add_second(shop)
@@ -162,6 +163,15 @@ def test_each_database_gets_its_tables_version_checksums_and_snapshot(shop):
     code, output = shop.db("downgrade", "-x", "yes")
     assert code == 1 and "b2_badges.py changed after revision b2 was applied" in output, output
     assert "Databases now: the default database: unchanged at b2; bind 'users': not run" in output
+    code, output = shop.db("repair")
+    assert code == 0 and "Bind 'users': recorded the checksums of 2 applied" in output, output
+    code, output = shop.db("downgrade", "-x", "yes")
+    assert code == 0, output
+    for database in (shop_db, users_db):
+        assert rows(database, "SELECT version_num FROM alembic_version") == [(first,)]
+    code, output = shop.db("check")
+    assert code == 1
+    assert "bind 'users': database at " + first in output, output
 
 
 def test_downgrade_asks_about_each_database_rows(shop):
