@@ -173,7 +173,8 @@ def run_multidb_migrations() -> None:
         if command in LOCKED and not offline and places is None:
             before[name] = heads_label(bind)
         try:
-            if offline:
+            if offline:  # each database's script, one after the other, each named
+                print(f"-- {bind_label(name)}", flush=True)
                 run_offline(bind_context, bind)
                 continue
             context.config.attributes[REHEARSAL] = places[name] if places else None

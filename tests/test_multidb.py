@@ -9,6 +9,7 @@ import pytest
 from conftest import CLIS, file_hash
 
 from safe_migrate import guards
+from safe_migrate.locks import WaitBudget, file_lock
 from safe_migrate.multidb import what_committed
 
 MULTIDB_APP = '''
@@ -203,6 +204,18 @@ def test_downgrade_asks_about_each_database_rows(shop):
 
 def test_a_failure_in_the_second_database_says_which_committed(shop):
     shop_db, users_db = shop.path / "shop.db", shop.path / "users.db"
+    [initial] = shop.revisions()
+    # Each database has its own migration lock: another run holding users.db's stops this one
+    # there, after the default database committed.
+    with file_lock(users_db, WaitBudget(5)):
+        code, output = shop.db("upgrade", env={"MIGRATE_LOCK_TIMEOUT": "0.5"})
+    assert code == 1
+    assert output.splitlines()[-1].startswith(
+        f"Error: bind 'users': another migration of {users_db} is running (pid "), output
+    assert output.endswith(
+        "Databases now: the default database: committed base -> " + initial
+        + "; bind 'users': unchanged at base\n"), output
+    assert not users_db.exists()  # the run that would have created it left nothing behind
     assert shop.db("upgrade")[0] == 0
     first = add_second(shop, fail=True)
     before = file_hash(shop_db), file_hash(users_db)
@@ -229,6 +242,10 @@ def test_a_failure_in_the_second_database_says_which_committed(shop):
 def test_rehearse_runs_each_database_on_its_copy(shop):
     shop_db, users_db = shop.path / "shop.db", shop.path / "users.db"
     assert shop.db("upgrade")[0] == 0
+    # No database changed: autogenerate writes no revision.
+    code, output = shop.db("migrate", "-m", "nothing")
+    assert code == 0 and output.count("No changes in schema detected.") == 1, output
+    assert len(shop.revisions()) == 1
     add_second(shop)
     before = file_hash(shop_db), file_hash(users_db)
 
