@@ -162,15 +162,30 @@ def app_session_on(db, connection, bind: str | None = None):
         return
     app = current_app._get_current_object()
     ours = {table: connection for table in db.get_tables_for_bind(bind)}
-    saved = dict(factory.kw)
+    saved, saved_class = dict(factory.kw), factory.class_
     db.session.remove()
     factory.configure(bind=connection, binds={**db.get_binds(app), **ours})
+    if bind is not None:
+        factory.class_ = joined_session(saved_class, connection, ours)
     try:
         yield
     finally:
         db.session.remove()
         factory.kw.clear()
         factory.kw.update(saved)
+        factory.class_ = saved_class
+
+
+def joined_session(session_class, connection, tables):
+    """Flask-SQLAlchemy 2's session sends a bind's models to the bind's own engine, whatever
+    its `binds` say: this subclass sends the run's tables to the run's connection."""
+    class JoinedSession(session_class):
+        def get_bind(self, mapper=None, clause=None, **kw):
+            if getattr(mapper, "persist_selectable", None) in tables:
+                return connection
+            return super().get_bind(mapper, clause, **kw)
+
+    return JoinedSession
 
 
 @contextmanager

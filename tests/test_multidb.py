@@ -50,7 +50,8 @@ if __name__ == "__main__":
     manager.run()
 '''
 
-# A second revision, by hand: a table in each database, upgrade_users() may fail.
+# A second revision, by hand: a table in each database, and a row added through the app's
+# models in the users database (on the run's connection to it); upgrade_users() may fail.
 SECOND = '''
 """badges"""
 import sqlalchemy as sa
@@ -79,7 +80,12 @@ def downgrade_():
 
 
 def upgrade_users():
+    from migrate_example import Account, db
+
     op.create_table("badge", sa.Column("id", sa.Integer, primary_key=True))
+    db.session.add(Account(email="added by a revision"))
+    db.session.commit()  # joins the revision's transaction
+    assert Account.query.filter_by(email="added by a revision").count() == 1
     {fail}
 
 
@@ -157,6 +163,8 @@ def test_each_database_gets_its_tables_version_checksums_and_snapshot(shop):
         [snapshot] = (shop.path / "backups").glob(f"{database.name}.*.db")
         assert rows(snapshot, "SELECT version_num FROM alembic_version") == [(first,)]
     assert "note" in tables(shop_db) and "badge" in tables(users_db)
+    assert rows(users_db, "SELECT email FROM account ORDER BY id") == [
+        ("a@example.com",), ("added by a revision",)]
 
     # An applied revision edited afterwards is refused, in whichever database recorded it.
     second = shop.path / "migrations" / "versions" / "b2_badges.py"
