@@ -65,7 +65,7 @@ def init(directory=None, multidb=False):
     if multidb:
         from .multidb import refuse_without_binds
 
-        refuse_without_binds()
+        refuse_without_binds(init=True)
     command.init(config(directory), directory, "flask-multidb" if multidb else "flask")
 
 

@@ -50,10 +50,14 @@ def is_multidb(directory: str | Path) -> bool:
     return ini.getboolean("safe_migrate", "multidb", fallback=False)
 
 
-def refuse_without_binds() -> None:
-    if not current_app.config.get("SQLALCHEMY_BINDS"):
+def refuse_without_binds(init: bool = False) -> None:
+    if current_app.config.get("SQLALCHEMY_BINDS"):
+        return
+    if init:
         raise MigrationError("--multidb needs SQLALCHEMY_BINDS in the app's config; an app "
                              "with one database takes `db init`")
+    raise MigrationError("the migrations folder is for several databases (`db init --multidb`) "
+                         "but the app's config has no SQLALCHEMY_BINDS; nothing changed")
 
 
 class BindState(MigrateState):
