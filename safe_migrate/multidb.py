@@ -169,6 +169,8 @@ def run_multidb_migrations() -> None:
     offline = context.is_offline_mode()
     empty: list[bool] = []
     before: dict[str, str] = {}
+    answered = ask_first(context, state, names) if command == "downgrade" and not offline \
+        else set()
     log = logging.getLogger("alembic.env")
     for n, name in enumerate(names):
         bind = BindState(state, name)
@@ -182,7 +184,8 @@ def run_multidb_migrations() -> None:
                 run_offline(bind_context, bind)
                 continue
             context.config.attributes[REHEARSAL] = places[name] if places else None
-            run_online(bind_context, bind)
+            with yes_said(context.config, name in answered):
+                run_online(bind_context, bind)
         except BaseException as exc:  # noqa: BLE001  (Ctrl-C too: it says what committed)
             if places is not None:
                 raise failure(exc, f"{bind_label(name)}: {describe(exc)}. A rehearsal: no "
@@ -194,6 +197,54 @@ def run_multidb_migrations() -> None:
                                + what_committed(names, before, after)) from None
         finally:
             context.config.attributes[REHEARSAL] = places
+
+
+def ask_first(context, state: MigrateState, names: list[str]) -> set[str]:
+    """A downgrade's questions (to base, or dropping tables that hold rows: guards.py), every
+    database's before any database changes; the databases whose question was answered yes.
+    (Each run still compares the rows after each revision, as for a single database.)"""
+    from . import guards
+    from .options import run_options
+    from .runner import destination_label
+
+    if run_options(context.get_x_argument()).yes:
+        return set()
+    answered = set()
+    for name in names:
+        bind = BindState(state, name)
+        if bind.path is not None and not bind.path.exists():
+            continue  # the run says so
+        engine = bind.engine
+        try:
+            with engine.connect() as conn:
+                heads = database_heads(conn)
+                if not heads:
+                    continue  # nothing to downgrade: the run says so
+                context.configure(connection=conn)
+                steps = list(context.get_context().opts["fn"](heads, context.get_context()))
+                if steps and guards.confirm_downgrade(
+                        guards.rows_to_be_dropped(conn, steps, bind.downgrade_function),
+                        destination_label(steps), False):
+                    answered.add(name)
+        except MigrationError as exc:
+            raise MigrationError(f"{bind_label(name)}: {exc} (no database changed)") from None
+        finally:
+            engine.dispose()
+    return answered
+
+
+@contextmanager
+def yes_said(config, yes: bool):
+    """`-x yes` for one database's run: its question was answered by ask_first."""
+    if not yes:
+        yield
+        return
+    saved = config.cmd_opts.x
+    config.cmd_opts.x = [*(saved or []), "yes"]
+    try:
+        yield
+    finally:
+        config.cmd_opts.x = saved
 
 
 def failure(exc: BaseException, message: str) -> BaseException:

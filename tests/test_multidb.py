@@ -183,8 +183,8 @@ def test_each_database_gets_its_tables_version_checksums_and_snapshot(shop):
     assert "bind 'users': database at " + first in output, output
 
 
-def test_downgrade_asks_about_each_database_rows(shop):
-    users_db = shop.path / "users.db"
+def test_downgrade_asks_about_each_database_rows_before_any_changes(shop):
+    shop_db, users_db = shop.path / "shop.db", shop.path / "users.db"
     add_second(shop)
     assert shop.db("upgrade")[0] == 0
     with sqlite3.connect(users_db) as conn:
@@ -193,21 +193,23 @@ def test_downgrade_asks_about_each_database_rows(shop):
 
     code, output = shop.db("downgrade")
 
-    # The default database's downgrade drops an empty table, and commits; the users one
-    # would drop badge's rows, and asks first.
+    # The default database's downgrade drops an empty table; the users one would drop
+    # badge's rows: it asks, before either database changes.
     assert code == 1
     assert output.splitlines()[-1] == (
         "Error: bind 'users': this downgrade drops badge (3 rows); nothing changed. To go "
-        f"ahead, add -x yes. Databases now: the default database: committed b2 -> {first}; "
-        "bind 'users': unchanged at b2")
+        "ahead, add -x yes (no database changed)")
+    for database in (shop_db, users_db):
+        assert rows(database, "SELECT version_num FROM alembic_version") == [("b2",)]
     assert rows(users_db, "SELECT count(*) FROM badge") == [(3,)]
 
-    # Both databases at b2 again, then down with a yes: each one goes.
-    code, output = shop.db("upgrade")
+    code, output = shop.db_on_terminal(["downgrade"], "y")
+
     assert code == 0, output
-    code, output = shop.db("downgrade", first, "-x", "yes")
-    assert code == 0, output
-    assert "badge" not in tables(users_db) and "note" not in tables(shop.path / "shop.db")
+    assert output.count("[y/N]") == 1 and "this downgrade drops badge (3 rows)" in output
+    for database in (shop_db, users_db):
+        assert rows(database, "SELECT version_num FROM alembic_version") == [(first,)]
+    assert "badge" not in tables(users_db) and "note" not in tables(shop_db)
 
 
 def test_a_failure_in_the_second_database_says_which_committed(shop):
