@@ -169,8 +169,9 @@ def run_multidb_migrations() -> None:
     offline = context.is_offline_mode()
     empty: list[bool] = []
     before: dict[str, str] = {}
-    answered = ask_first(context, state, names) if command == "downgrade" and not offline \
-        else set()
+    # A rehearsal changes nothing to ask about first (and its transactions hold locks)
+    answered = (ask_first(context, state, names)
+                if command == "downgrade" and not offline and places is None else set())
     log = logging.getLogger("alembic.env")
     for n, name in enumerate(names):
         bind = BindState(state, name)
@@ -360,23 +361,41 @@ def repair(script) -> None:
 def rehearse_run(kind: str, directory, revision: str, x_arg, round_trip: bool) -> None:
     """`db upgrade|downgrade --rehearse` of a multidb history: each SQLite database on its
     copy, each PostgreSQL one in its own never-committing transaction (rehearsal.py), all
-    thrown away at the end."""
+    thrown away at the end. With round_trip, back to where the databases were and `kind`
+    again, every row of every database compared (they must start at the same revisions)."""
     from alembic import command
 
     from .commands import config
     from .rehearsal import rehearsal
 
-    if round_trip:
-        raise MigrationError("--round-trip is not available for a multidb history yet; "
-                             "--rehearse is")
     refuse_without_binds()
     state = current_state()
+    names = bind_names(state.app)
     x_arg = [*(x_arg or []), "backup=off"]
     with ExitStack() as stack:
-        places = {}
-        for name in bind_names(state.app):
-            places[name], _ = stack.enter_context(rehearsal(BindState(state, name)))
-        getattr(command, kind)(config(directory, x_arg, command=kind, rehearsal=places), revision)
+        places, remembers = {}, {}
+        for name in names:
+            places[name], remembers[name] = stack.enter_context(
+                rehearsal(BindState(state, name)))
+        starts = {heads_label(BindState(state, name)) for name in names}
+        if round_trip and len(starts) > 1:
+            raise MigrationError("--round-trip needs every database at the same revisions; they "
+                                 f"are at {', '.join(sorted(starts))}: `db upgrade` first")
+        forward = getattr(command, kind)
+        forward(config(directory, x_arg, command=kind, rehearsal=places), revision)
+        if not round_trip:
+            return
+        [start] = starts
+        rows_lost = {name: remember() for name, remember in remembers.items()}
+        back = command.downgrade if kind == "upgrade" else command.upgrade
+        back(config(directory, [*x_arg, "yes"], command=kind, rehearsal=places), start)
+        forward(config(directory, x_arg, command=kind, rehearsal=places), revision)
+        lost = [f"{bind_label(name)}: {table} ({rows} rows)" for name, lost in rows_lost.items()
+                for table, rows in lost().items()]
+        if lost:
+            raise MigrationError("the round trip lost rows: " + ", ".join(lost))
+        print(f"Round trip: back to {start} and {kind} again; every row of every database is "
+              f"as the first {kind} left it")
 
 
 __all__ = ["BindState", "bind_names", "is_multidb", "rehearse_run",
