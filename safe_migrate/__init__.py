@@ -26,6 +26,13 @@ def run_migrations() -> None:
 
     run_migrations()
 
+def run_multidb_migrations() -> None:
+    """The same for a `db init --multidb` history: each database in turn (multidb.py)."""
+    from .multidb import run_multidb_migrations
+
+    run_multidb_migrations()
+
+
 __all__ = [
            "NAMING_CONVENTION",
            "Migrate",
@@ -33,4 +40,5 @@ __all__ = [
            "MigrationError",
            "metadata",
            "run_migrations",
+           "run_multidb_migrations",
 ]

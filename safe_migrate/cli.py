@@ -74,7 +74,7 @@ NEW_REVISION = [
 
 COMMANDS = {
     "init": (commands.init, [DIRECTORY, opt("--multidb", flag=True, help="Multiple databases "
-                                                                           "migration (not supported)")]),
+                                                                           "migration (SQLALCHEMY_BINDS)")]),
     "revision": (commands.revision, [DIRECTORY, MESSAGE, opt("--autogenerate", flag=True, help=(
         "Populate revision script with candidate migration operations, based on comparison of "
         "database to model")), SQL, *NEW_REVISION, x_arg("revision")]),

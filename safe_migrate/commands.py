@@ -23,6 +23,7 @@ from .checksums import (
 )
 from .connections import refuse_unsupported
 from .errors import Interrupted, MigrationError
+from .multidb import is_multidb
 from .options import run_options
 from .revisions import database_heads, revision_index
 from .snapshots import (
@@ -61,11 +62,12 @@ def init(directory=None, multidb=False):
     """Creates a new migration repository"""
     from alembic import command
 
-    if multidb:
-        raise MigrationError("--multidb is not supported: its env.py would bypass the "
-                             "guarantees of safe_migrate")
     directory = directory or current_state().directory
-    command.init(config(directory), directory, "flask")
+    if multidb:
+        from .multidb import refuse_without_binds
+
+        refuse_without_binds(init=True)
+    command.init(config(directory), directory, "flask-multidb" if multidb else "flask")
 
 
 def revision(directory=None, message=None, autogenerate=False, sql=False, head="head",
@@ -130,10 +132,13 @@ def rehearse_run(kind: str, directory, revision: str, x_arg, round_trip: bool) -
     rehearsal.py); with round_trip, go back and run it again, and compare every row."""
     from alembic import command
 
+    from . import multidb
     from .rehearsal import rehearsal
     from .runner import revision_label
 
     state = current_state()
+    if multidb.is_multidb(directory or state.directory):
+        return multidb.rehearse_run(kind, directory, revision, x_arg, round_trip)
     x_arg = [*(x_arg or []), "backup=off"]
     with rehearsal(state) as (where, remember):
         with state.engine.connect() as conn:
@@ -160,7 +165,8 @@ def nothing_to_upgrade(directory) -> bool:
     state = current_state()
     directory = Path(directory or state.directory)
     index = cached_index(directory)
-    if index is None or (state.path is not None and not state.path.exists()):
+    if index is None or (state.path is not None and not state.path.exists()) \
+            or is_multidb(directory):  # each database is Alembic's to read (multidb.py)
         return False
     with state.engine.connect() as conn:
         heads = database_heads(conn)
@@ -243,7 +249,8 @@ def branches(directory=None, verbose=False):
 def current(directory=None, verbose=False):
     """Display the current revision for each database."""
     state = current_state()
-    index = None if verbose else cached_index(directory)
+    multidb = is_multidb(directory or state.directory)  # each database: Alembic's reading
+    index = None if verbose or multidb else cached_index(directory)
     if index is not None:
         # What Alembic's `current` prints, without loading Alembic or every revision file.
         with state.engine.connect() as conn:
@@ -281,6 +288,10 @@ def check(directory=None):
     state = current_state()
     index = cached_index(directory)
     script_heads = index["heads"] if index else script_directory(directory).get_heads()
+    if is_multidb(directory or state.directory):  # each database: multidb.py
+        from .multidb import check
+
+        return check(script_heads)
     problems = []
     with state.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={
@@ -325,6 +336,10 @@ def repair(directory=None):
     """Record the checksums of the applied revisions' files anew, after a deliberate edit."""
     state = current_state()
     script = script_directory(directory)
+    if is_multidb(directory or state.directory):  # each database: multidb.py
+        from .multidb import repair
+
+        return repair(script)
     with state.lock(state.wait_budget()), state.engine.begin() as conn:
         applied = list(script.iterate_revisions(database_heads(conn), "base"))
         ensure_checksum_table(conn)

@@ -79,12 +79,13 @@ def tables_holding_rows(connection) -> dict[Table, int]:
     return {table: rows for table, rows in row_counts(connection).items() if rows}
 
 
-def tables_dropped_by(steps) -> Iterator[Table]:
+def tables_dropped_by(steps, function: str = "downgrade") -> Iterator[Table]:
     """Tables named by op.drop_table('name', schema='s') calls in the downgrade() of these
-    revisions (names given as constants), with the schema they name (None: the default)."""
+    revisions (names given as constants), with the schema they name (None: the default);
+    `function`: a multidb history's downgrade_<bind>() instead."""
     for step in steps:
         for node in ast.walk(ast.parse(Path(step.revision.path).read_text())):
-            if not (isinstance(node, ast.FunctionDef) and node.name == "downgrade"):
+            if not (isinstance(node, ast.FunctionDef) and node.name == function):
                 continue
             for call in ast.walk(node):
                 if not (isinstance(call, ast.Call) and getattr(call.func, "attr", "") == "drop_table"
@@ -95,13 +96,13 @@ def tables_dropped_by(steps) -> Iterator[Table]:
                 yield (schemas[0] if schemas else None), call.args[0].value
 
 
-def rows_to_be_dropped(connection, steps) -> dict[str, int]:
+def rows_to_be_dropped(connection, steps, function: str = "downgrade") -> dict[str, int]:
     """{label: rows} for the tables holding rows that these downgrades' op.drop_table calls
     drop."""
     default = connection.dialect.default_schema_name
     tables = dict.fromkeys(
         (schema if schema is not None or connection.dialect.name == "sqlite" else default, name)
-        for schema, name in tables_dropped_by(steps) if not is_bookkeeping(name))
+        for schema, name in tables_dropped_by(steps, function) if not is_bookkeeping(name))
     counts = row_counts(connection, tables)
     return {label(connection, table): rows for table, rows in counts.items() if rows}
 

@@ -163,7 +163,7 @@ class Progress:
 
 
 @contextmanager
-def app_session_on(db, connection):
+def app_session_on(db, connection, bind: str | None = None):
     """The app's `db.session` (and so `Model.query`) works on the run's connection while
     the revisions run: a data migration written with the app's models sees the revision's
     schema and is part of its transaction, instead of waiting for the run's own lock.
@@ -174,16 +174,31 @@ def app_session_on(db, connection):
         yield
         return
     app = current_app._get_current_object()
-    ours = {table: connection for table in db.get_tables_for_bind(None)}
-    saved = dict(factory.kw)
+    ours = {table: connection for table in db.get_tables_for_bind(bind)}
+    saved, saved_class = dict(factory.kw), factory.class_
     db.session.remove()
     factory.configure(bind=connection, binds={**db.get_binds(app), **ours})
+    if bind is not None:
+        factory.class_ = joined_session(saved_class, connection, ours)
     try:
         yield
     finally:
         db.session.remove()
         factory.kw.clear()
         factory.kw.update(saved)
+        factory.class_ = saved_class
+
+
+def joined_session(session_class, connection, tables):
+    """Flask-SQLAlchemy 2's session sends a bind's models to the bind's own engine, whatever
+    its `binds` say: this subclass sends the run's tables to the run's connection."""
+    class JoinedSession(session_class):
+        def get_bind(self, mapper=None, clause=None, **kw):
+            if getattr(mapper, "persist_selectable", None) in tables:
+                return connection
+            return super().get_bind(mapper, clause, **kw)
+
+    return JoinedSession
 
 
 @contextmanager
@@ -258,12 +273,12 @@ class Run:
         migration_context = self.context.get_context()
         migration_context._migrations_fn = self.checked(migration_context.opts["fn"])
         if in_rehearsal:
-            with app_session_on(self.state.db, self.connection):
+            with app_session_on(self.state.db, self.connection, self.state.bind):
                 self.context.run_migrations()
             return
         try:
             with self.context.begin_transaction(), \
-                    app_session_on(self.state.db, self.connection), \
+                    app_session_on(self.state.db, self.connection, self.state.bind), \
                     library_warnings_as_notes() if autogenerate else copies_reflect_quietly():
                 self.context.run_migrations()
             self.progress.committed()
@@ -346,7 +361,8 @@ class Run:
             refuse_unversioned_database(self.connection)
         destination = destination_label(steps)
         if not upgrade and not guards.confirm_downgrade(
-                guards.rows_to_be_dropped(self.connection, steps), destination,
+                guards.rows_to_be_dropped(self.connection, steps,
+                                          self.state.downgrade_function), destination,
                 self.options.yes):
             # Nobody said yes to losing rows: whatever statement drops or empties a table
             # that holds rows, in any schema, after_revision notices before the revision commits.

@@ -48,6 +48,11 @@ class MigrateState:
     """What `app.extensions['migrate']` holds: the app's migration configuration. Everything
     else is derived when a command asks for it, from the app's config and the environment."""
 
+    # The Flask-SQLAlchemy bind migrated (None: the default database), and the function of a
+    # revision that downgrades it (multidb.BindState: one per bind).
+    bind: str | None = None
+    downgrade_function = "downgrade"
+
     def __init__(self, migrate, app) -> None:
         self.migrate = migrate
         self.app = app
