@@ -4,6 +4,7 @@ import glob
 import hashlib
 import os
 import pty
+import select
 import shutil
 import socket
 import subprocess
@@ -93,6 +94,8 @@ class Project:
         os.close(terminal)
         seen = b""
         while b"[y/N]" not in seen:
+            # A question that never comes fails the test instead of hanging it.
+            assert select.select([controller], [], [], 60)[0], seen.decode()
             chunk = os.read(controller, 1024)
             assert chunk, seen.decode()
             seen += chunk
