@@ -286,7 +286,7 @@ def revision_directives_hook(options: RunOptions, autogenerate: bool):
         if context.connection.dialect.name == "postgresql":
             from . import zero_downtime  # `db migrate --plain`: plain operations
 
-            if not context.config.attributes.get("safe_migrate.plain"):
+            if not getattr(context.config, "attributes", {}).get("safe_migrate.plain"):
                 warnings += zero_downtime.rewrite(script, context)
             warnings += [f"lock hazard: {line}" for line in lock_hazards(
                 zero_downtime.unguarded(each_op(script.upgrade_ops)),

@@ -32,6 +32,9 @@ def backfill(table: str, set: dict, batch: int = 10_000, schema: str | None = No
     if connection is None:
         from alembic import op
 
+        if op.get_context().as_sql:
+            raise MigrationError(f"backfill of {table} goes in batches as the database answers, "
+                                 "which a --sql script cannot: run this upgrade without --sql")
         connection = op.get_bind()
     keys = sa.inspect(connection).get_pk_constraint(table, schema=schema)["constrained_columns"]
     if not keys:
