@@ -144,6 +144,15 @@ def test_indexes_are_concurrent_and_foreign_keys_validated_after_the_transaction
     assert constraints(project, "employee")[fk] == ("f", True)
     assert project.db("check")[0] == 0
 
+    # And an index no longer wanted is dropped concurrently.
+    project.edit_module("nullable=True, index=True)", "nullable=True)")
+    _, path = migrate(project)
+    [(part, function, args, keywords)] = upgrade_calls(path)
+    assert (part, function, args[0]) == ("autocommit", "op.drop_index", "op.f('ix_employee_age')")
+    assert keywords["postgresql_concurrently"] == "True"
+    assert project.db("upgrade")[0] == 0
+    assert index_valid(project, "ix_employee_age") is None
+
 
 def test_plain_writes_plain_operations(at_head):
     project = at_head
