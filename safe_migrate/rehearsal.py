@@ -144,7 +144,7 @@ def never_commits(run, connection, migration_context, label: str):
         # Its statements run in the rehearsal's transaction instead (see in_the_transaction);
         # one that no transaction can hold fails there, and is refused below.
         impl = migration_context.impl
-        impl._exec = functools.partial(in_the_transaction, impl._exec)  # see postgres.py
+        impl._exec = functools.partial(in_the_transaction, impl._exec)  # as postgres.py does
         logging.getLogger("alembic.runtime.migration").info(
             "  %s: its autocommit_block ran in the rehearsal's transaction (indexes built "
             "without CONCURRENTLY)", label)
