@@ -146,7 +146,7 @@ def never_commits(run, connection, migration_context, label: str):
         impl = migration_context.impl
         impl._exec = functools.partial(in_the_transaction, impl._exec)  # as postgres.py does
         logging.getLogger("alembic.runtime.migration").info(
-            "  %s: its autocommit_block ran in the rehearsal's transaction (indexes built "
+            "  %s: its autocommit_block runs in the rehearsal's transaction (an index there "
             "without CONCURRENTLY)", label)
         try:
             yield

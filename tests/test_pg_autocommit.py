@@ -246,7 +246,7 @@ def test_a_rehearsal_builds_a_concurrent_index_in_its_transaction(at_head):
     code, output = project.db("upgrade", "--rehearse")
 
     assert code == 0, output
-    assert "conc0001_test.py: its autocommit_block ran in the rehearsal's transaction" in output
+    assert "conc0001_test.py: its autocommit_block runs in the rehearsal's transaction" in output
     assert fingerprint(project) == before
 
 

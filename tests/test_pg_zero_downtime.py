@@ -135,7 +135,7 @@ def test_indexes_are_concurrent_and_foreign_keys_validated_after_the_transaction
     before = fingerprint(project)
     code, output = project.db("upgrade", "--rehearse")
     assert code == 0, output
-    assert "its autocommit_block ran in the rehearsal's transaction" in output, output
+    assert "its autocommit_block runs in the rehearsal's transaction" in output, output
     assert fingerprint(project) == before
 
     code, output = project.db("upgrade")
