@@ -12,6 +12,7 @@ guarantees live (runner.py), so both CLIs, and anything else that runs Alembic's
 for the app, get them.
 """
 from . import compat  # noqa: F401  (first: Flask-Script needs it)
+from .backfill import backfill
 from .cli import flask_script_manager
 from .errors import MigrationError
 from .extension import NAMING_CONVENTION, Migrate, metadata
@@ -38,6 +39,7 @@ __all__ = [
            "Migrate",
            "MigrateCommand",
            "MigrationError",
+           "backfill",
            "metadata",
            "run_migrations",
            "run_multidb_migrations",

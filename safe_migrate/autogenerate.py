@@ -284,8 +284,13 @@ def revision_directives_hook(options: RunOptions, autogenerate: bool):
                 f"run again with -x rename={old}:{new.rpartition('.')[2]}")
         warnings += data_loss_warnings(script, context.connection)
         if context.connection.dialect.name == "postgresql":
+            from . import zero_downtime  # `db migrate --plain`: plain operations
+
+            if not getattr(context.config, "attributes", {}).get("safe_migrate.plain"):
+                warnings += zero_downtime.rewrite(script, context)
             warnings += [f"lock hazard: {line}" for line in lock_hazards(
-                each_op(script.upgrade_ops), lambda table: count_rows(context.connection, table))]
+                zero_downtime.unguarded(each_op(script.upgrade_ops)),
+                lambda table: count_rows(context.connection, table))]
         for warning in warnings:
             print(f"WARNING: {warning}", file=sys.stderr)
 

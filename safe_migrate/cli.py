@@ -63,6 +63,9 @@ REHEARSE = [
     opt("--round-trip", flag=True, help="rehearse, then go back and run it again, checking "
                                         "that every table keeps its rows"),
 ]
+PLAIN = opt("--plain", flag=True, help="on PostgreSQL, write plain operations, not the "
+                                       "zero-downtime pattern (concurrent indexes, NOT VALID "
+                                       "constraints, batched backfills)")
 NEW_REVISION = [
     opt("--head", default="head", help="Specify head revision or <branchname>@head to base new "
                                        "revision on"),
@@ -77,8 +80,9 @@ COMMANDS = {
                                                                            "migration (SQLALCHEMY_BINDS)")]),
     "revision": (commands.revision, [DIRECTORY, MESSAGE, opt("--autogenerate", flag=True, help=(
         "Populate revision script with candidate migration operations, based on comparison of "
-        "database to model")), SQL, *NEW_REVISION, x_arg("revision")]),
-    "migrate": (commands.migrate, [DIRECTORY, MESSAGE, SQL, *NEW_REVISION, x_arg("migrate")]),
+        "database to model")), SQL, *NEW_REVISION, x_arg("revision"), PLAIN]),
+    "migrate": (commands.migrate, [DIRECTORY, MESSAGE, SQL, *NEW_REVISION, x_arg("migrate"),
+                                   PLAIN]),
     "edit": (commands.edit, [DIRECTORY, opt("revision", nargs="?", default="head",
                                             help="revision identifier")]),
     "merge": (commands.merge, [DIRECTORY, MESSAGE, opt("--branch-label", help=(

@@ -71,15 +71,19 @@ def init(directory=None, multidb=False):
 
 
 def revision(directory=None, message=None, autogenerate=False, sql=False, head="head",
-             splice=False, branch_label=None, version_path=None, rev_id=None, x_arg=None):
-    """Create a new revision file (--autogenerate: from the models, asking about renames)"""
+             splice=False, branch_label=None, version_path=None, rev_id=None, x_arg=None,
+             plain=False):
+    """Create a new revision file (--autogenerate: from the models, asking about renames;
+    on PostgreSQL in the zero-downtime pattern unless --plain)"""
     run_options(x_arg, "revision")  # an unknown or malformed -x: refused before anything runs
     from alembic import command
     from alembic.util import CommandError
 
     opts = ["autogenerate"] if autogenerate else None
+    alembic_config = config(directory, x_arg, opts, "revision")
+    alembic_config.attributes["safe_migrate.plain"] = plain  # read by zero_downtime's caller
     try:
-        command.revision(config(directory, x_arg, opts, "revision"), message,
+        command.revision(alembic_config, message,
                          autogenerate=autogenerate, sql=sql, head=head, splice=splice,
                          branch_label=branch_label, version_path=version_path, rev_id=rev_id)
     except CommandError as exc:
@@ -89,11 +93,11 @@ def revision(directory=None, message=None, autogenerate=False, sql=False, head="
 
 
 def migrate(directory=None, message=None, sql=False, head="head", splice=False,
-            branch_label=None, version_path=None, rev_id=None, x_arg=None):
+            branch_label=None, version_path=None, rev_id=None, x_arg=None, plain=False):
     """Alias for 'revision --autogenerate'"""
     run_options(x_arg, "migrate")
     revision(directory, message, True, sql, head, splice, branch_label, version_path, rev_id,
-             x_arg)
+             x_arg, plain)
 
 
 def edit(directory=None, revision="current"):

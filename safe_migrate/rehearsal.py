@@ -9,6 +9,7 @@ rolled back (DDL is transactional there). Nothing is recorded and no snapshot ta
 from __future__ import annotations
 
 import functools
+import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -127,11 +128,12 @@ def refuse_commit(conn) -> None:
 
 
 def never_commits(run, connection, migration_context, label: str):
-    """`run` (a revision's upgrade or downgrade, in the rehearsal's transaction), refused
-    with one line before it leaves that transaction: its autocommit_block() raises before
-    Alembic commits, a switch of the connection's isolation level or a commit() raises
-    before it reaches the server (SQLAlchemy's events), and a COMMIT statement fails in the
-    server (refuse_commit), which rolls everything back."""
+    """`run` (a revision's upgrade or downgrade, in the rehearsal's transaction), kept in
+    that transaction: its autocommit_block() runs its statements there (an index without
+    CONCURRENTLY; one that cannot run in a transaction is refused), and it is refused with
+    one line before it leaves: a switch of the connection's isolation level or a commit()
+    raises before it reaches the server (SQLAlchemy's events), and a COMMIT statement fails
+    in the server (refuse_commit), which rolls everything back."""
     def refusal(why: str) -> MigrationError:
         return MigrationError(
             f"{label}: {why}, which the one transaction of a rehearsal cannot hold; not "
@@ -139,8 +141,17 @@ def never_commits(run, connection, migration_context, label: str):
 
     @contextmanager
     def autocommit_block():
-        raise refusal("it runs statements outside a transaction (autocommit_block)")
-        yield  # pragma: no cover
+        # Its statements run in the rehearsal's transaction instead (see in_the_transaction);
+        # one that no transaction can hold fails there, and is refused below.
+        impl = migration_context.impl
+        impl._exec = functools.partial(in_the_transaction, impl._exec)  # as postgres.py does
+        logging.getLogger("alembic.runtime.migration").info(
+            "  %s: its autocommit_block runs in the rehearsal's transaction (an index there "
+            "without CONCURRENTLY)", label)
+        try:
+            yield
+        finally:
+            del impl._exec
 
     def isolation(conn, options) -> None:
         if "isolation_level" in options:
@@ -158,12 +169,36 @@ def never_commits(run, connection, migration_context, label: str):
         except sa.exc.DBAPIError as exc:
             if getattr(exc.orig, "pgcode", None) == COMMIT_REFUSED:
                 raise refusal("it commits its transaction (a COMMIT statement)") from None
+            if getattr(exc.orig, "pgcode", None) == ACTIVE_SQL_TRANSACTION:
+                raise refusal("it runs a statement that cannot run inside a transaction "
+                              "(in its autocommit_block)") from None
             raise
         finally:
             sa.event.remove(connection, "commit", commit)
             sa.event.remove(connection, "set_connection_execution_options", isolation)
             del migration_context.autocommit_block  # the class's method again
     return guarded
+
+
+# PostgreSQL's SQLSTATE for a statement that cannot run inside a transaction block.
+ACTIVE_SQL_TRANSACTION = "25001"
+
+
+def in_the_transaction(execute, construct, *args, **kwargs):
+    """Alembic's impl._exec in a rehearsal's autocommit_block: an index created or dropped
+    CONCURRENTLY (op.create_index/drop_index(..., postgresql_concurrently=True)), which no
+    transaction can hold, is created or dropped plainly; the rest runs as it is."""
+    from sqlalchemy.schema import CreateIndex, DropIndex
+
+    if not isinstance(construct, (CreateIndex, DropIndex)):
+        return execute(construct, *args, **kwargs)
+    options = construct.element.dialect_options["postgresql"]
+    concurrently = options["concurrently"]
+    options["concurrently"] = False
+    try:
+        return execute(construct, *args, **kwargs)
+    finally:
+        options["concurrently"] = concurrently
 
 
 # Every sequence of the app, in every schema: its last value (None: never used).

@@ -1,5 +1,6 @@
 """PostgreSQL: revisions that leave the transaction (autocommit_block, a COMMIT) run
-correctly in `db upgrade`, and a rehearsal never commits, nor leaves a sequence advanced."""
+correctly in `db upgrade`, and a rehearsal never commits (it runs an autocommit_block's
+statements in its transaction), nor leaves a sequence advanced."""
 import signal
 import subprocess
 import threading
@@ -55,6 +56,17 @@ COLUMN_THEN_WAITING = """
 
     def downgrade():
         op.drop_column("employee", "nickname")
+"""
+
+# A statement no transaction can hold, whatever the rehearsal does with the block.
+VACUUMS = """
+    def upgrade():
+        with op.get_context().autocommit_block():
+            op.execute("VACUUM employee")
+
+
+    def downgrade():
+        pass
 """
 
 INSERTS_ROWS = """
@@ -253,18 +265,30 @@ def test_a_rehearsal_refuses_a_revision_that_commits(at_head):
     assert fingerprint(project) == before
 
 
-def test_a_rehearsal_refuses_an_autocommit_block(at_head):
+def test_a_rehearsal_refuses_a_statement_no_transaction_can_hold(at_head):
     project = at_head
-    project.add_revision("conc0001", CONCURRENT_INDEX)
+    project.add_revision("vacu0001", VACUUMS)
     before = fingerprint(project)
 
     code, output = project.db("upgrade", "--rehearse")
 
     assert code == 1, output
     assert output.splitlines()[-1] == (
-        "Error: conc0001_test.py: it runs statements outside a transaction (autocommit_block), "
-        "which the one transaction of a rehearsal cannot hold; not rehearsed, rolled back, "
-        "the database was not changed"), output
+        "Error: vacu0001_test.py: it runs a statement that cannot run inside a transaction (in "
+        "its autocommit_block), which the one transaction of a rehearsal cannot hold; not "
+        "rehearsed, rolled back, the database was not changed"), output
+    assert fingerprint(project) == before
+
+
+def test_a_rehearsal_builds_a_concurrent_index_in_its_transaction(at_head):
+    project = at_head
+    project.add_revision("conc0001", CONCURRENT_INDEX)
+    before = fingerprint(project)
+
+    code, output = project.db("upgrade", "--rehearse")
+
+    assert code == 0, output
+    assert "conc0001_test.py: its autocommit_block runs in the rehearsal's transaction" in output
     assert fingerprint(project) == before
 
 

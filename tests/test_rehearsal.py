@@ -167,7 +167,7 @@ def test_a_revision_that_needs_autocommit_is_named_and_refused(pending_on_postgr
     code, output = project.db("upgrade", "--rehearse")
 
     assert code == 1, output
-    assert output.splitlines()[-1].startswith(
-        "Error: conc0001_test.py: it runs statements outside a transaction (autocommit_block)"
-    ), output
+    assert output.splitlines()[-1].startswith(  # CONCURRENTLY in SQL text: no transaction holds it
+        "Error: conc0001_test.py: it runs a statement that cannot run inside a transaction (in "
+        "its autocommit_block)"), output
     assert project.state() == before
