@@ -345,7 +345,7 @@ def restore(snapshot, x_arg=None):
         if known is not None and revision not in known["lines"]:
             raise MigrationError(f"{snapshot} is at revision {revision}, which migrations/ does "
                                  "not know: not a snapshot of this project; nothing changed")
-    budget = state.wait_budget()
+    budget, settings = state.wait_budget(), state.settings
     with state.lock(budget):
         # The live file is read to compare it with the snapshot, and copied for an undo; one
         # that SQLite cannot read (or none) is what restore is for.
@@ -365,7 +365,8 @@ def restore(snapshot, x_arg=None):
                             "loses: " + ", ".join(f"{table} ({rows} rows)"
                                                   for table, rows in lost.items()))
                     insist_on_yes(what, "Restore?", "restore", "nothing changed")
-                undo = take_snapshot(path, revision_label(heads), "restore", budget.left)
+                undo = take_snapshot(path, revision_label(heads), "restore", budget.left,
+                                     settings.snapshots_kept, settings.snapshots_max_bytes)
                 try:
                     restore_into(snapshot, path, budget.left)
                 except Exception:
@@ -394,5 +395,5 @@ def restore(snapshot, x_arg=None):
             kept = replace_database(snapshot, path.resolve(), budget.left)
             if kept is not None:
                 print(f"Kept the unreadable {path.name} as {kept}")
-        rotate_snapshots(path, state.settings.snapshots_kept)
+        rotate_snapshots(path, settings.snapshots_kept, settings.snapshots_max_bytes)
     print(f"Restored {path} from {snapshot}")

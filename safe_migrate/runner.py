@@ -259,7 +259,8 @@ class Run:
                 self.drop_empty_version_table()
             raise
         if self.snapshot_taken:
-            rotate_snapshots(self.path, self.settings.snapshots_kept)
+            rotate_snapshots(self.path, self.settings.snapshots_kept,
+                             self.settings.snapshots_max_bytes)
 
     def checked(self, steps):
         def checked_steps(heads, migration_context):
@@ -344,8 +345,8 @@ class Run:
                     give_identity(self.connection)
             self.identified = True
             self.progress.snapshotting = True
-            take_snapshot(self.path, revision_label(heads), destination,
-                          self.budget.left)
+            take_snapshot(self.path, revision_label(heads), destination, self.budget.left,
+                          self.settings.snapshots_kept, self.settings.snapshots_max_bytes)
             self.progress.snapshotting = False
             self.snapshot_taken = True
 
