@@ -14,6 +14,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from .adoption import naming_problem, write_env
 from .checksums import (
     applied_dates,
     ensure_checksum_table,
@@ -63,8 +64,18 @@ def init(directory=None, multidb=False):
     if multidb:
         raise MigrationError("--multidb is not supported: its env.py would bypass the "
                              "guarantees of safe_migrate")
-    directory = directory or current_state().directory
+    state = current_state()
+    directory = directory or state.directory
+    problem = naming_problem(state.metadata)  # its alembic.ini says the history has names
+    if problem:
+        raise MigrationError(f"{problem}; then run `db init` again (nothing was written)")
     command.init(config(directory), directory, "flask")
+
+
+def env(directory=None, force=False):
+    """Write safe_migrate's migrations/env.py into an existing migrations folder (one made by
+    Flask-Migrate); --force replaces one that differs, keeping it as env.py.bak"""
+    print(write_env(Path(directory or current_state().directory), force))
 
 
 def revision(directory=None, message=None, autogenerate=False, sql=False, head="head",
@@ -263,11 +274,13 @@ def stamp(directory=None, revision="head", sql=False, tag=None):
 
 def check(directory=None):
     """Exit 0 if the models match the migrations' head and the database is at head; else
-    exit 1 and list each difference on a line."""
+    exit 1 and list each difference on a line (also when the models' constraints have no
+    names, which Alembic cannot compare)"""
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
     from .autogenerate import describe_difference
+    from .hooks import check_options
     from .names import NamesOnly
     from .runner import not_our_bookkeeping, revision_label
 
@@ -275,10 +288,12 @@ def check(directory=None):
     index = cached_index(directory)
     script_heads = index["heads"] if index else script_directory(directory).get_heads()
     problems = []
+    naming = naming_problem(state.metadata)  # then the comparison below cannot be trusted
+    if naming:
+        problems.append(f"naming convention: {naming}")
     with state.engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={
-            "compare_type": True, "include_name": not_our_bookkeeping,
-            "target_metadata": state.metadata})
+        context = MigrationContext.configure(
+            conn, opts=check_options(state, not_our_bookkeeping))
         heads = context.get_current_heads()
         if set(heads) != set(script_heads):
             problems.append(f"database at {revision_label(heads)}, migrations' head is "
