@@ -16,6 +16,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from .errors import MigrationError
+from .names import in_models, signature
 
 # The convention keys for the constraints a model makes without naming them (`unique=True`,
 # `ForeignKey(...)`); any other constraint or index left unnamed is listed by name below.
@@ -61,6 +62,32 @@ def naming_problem(metadata: sa.MetaData) -> str | None:
         what.append(f"unnamed: {shown}")
     return (f"the models' MetaData names no constraints ({'; '.join(what)}), so Alembic can "
             f"neither compare nor drop them: {THE_EDIT}")
+
+
+def unnamed_only_in_database(connection, metadata: sa.MetaData, options: dict) -> list[str]:
+    """A line for each unique constraint the database has without a name (SQLite's, from a
+    history that predates the convention) and the models do not have: Alembic sees no such
+    constraint, so neither `db check` nor `db migrate` would notice it is gone. Tables the
+    app's include_name or include_object leave out (`options`) are left out here too."""
+    include_name = options.get("include_name") or (lambda *args: True)
+    include_object = options.get("include_object") or (lambda *args: True)
+    inspector = sa.inspect(connection)
+    lines = []
+    for table in sorted(set(inspector.get_table_names()) & set(metadata.tables)):
+        if not (include_name(table, "table", {"schema_name": None})
+                and include_object(metadata.tables[table], table, "table", False, None)):
+            continue
+        models = in_models(metadata.tables[table])
+        for unique in inspector.get_unique_constraints(table):
+            columns = unique["column_names"]
+            if unique["name"] is None and not {signature("unique", columns),
+                                               signature("index", columns, True)} & models:
+                lines.append(
+                    f"unique ({', '.join(columns)}) on {table}: in the database, not in the "
+                    "models, and without a name, so `db migrate` cannot drop it: put it back "
+                    "in the models, name it with `db migrate -x names=convention` and "
+                    "`db upgrade`, then take it out")
+    return lines
 
 
 def write_env(directory: Path, force: bool) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from .adoption import naming_problem, write_env
+from .adoption import naming_problem, unnamed_only_in_database, write_env
 from .checksums import (
     applied_dates,
     ensure_checksum_table,
@@ -86,6 +86,9 @@ def revision(directory=None, message=None, autogenerate=False, sql=False, head="
     from alembic.util import CommandError
 
     opts = ["autogenerate"] if autogenerate else None
+    naming = naming_problem(current_state().metadata) if autogenerate else None
+    if naming:  # what it writes may leave out what Alembic cannot see (see adoption.py)
+        print(f"WARNING: {naming}", file=sys.stderr)
     try:
         command.revision(config(directory, x_arg, opts, "revision"), message,
                          autogenerate=autogenerate, sql=sql, head=head, splice=splice,
@@ -306,6 +309,7 @@ def check(directory=None):
                 compare_metadata(context, state.metadata))
         for difference in differences:
             problems += describe_difference(difference)
+        problems += unnamed_only_in_database(conn, state.metadata, context.opts)
         if conn.dialect.name == "sqlite":  # rows no revision may be blamed for (sqlite.py)
             from .sqlite import describe_violations, foreign_key_violations
 

@@ -101,6 +101,37 @@ def test_check_does_not_say_agree_for_models_without_names(built_by_flask_migrat
         0, "The models, the migrations' head and the database agree.\n")
 
 
+UNIQUE_NAME = ("db.String, unique=True, nullable=False)\n    age",
+               "db.String, nullable=False)\n    age")
+
+
+def test_check_sees_an_unnamed_unique_the_models_dropped_and_the_way_out_works(
+        built_by_flask_migrate):
+    project = built_by_flask_migrate
+    project.module.write_text(WHOLE)
+    assert project.db("env", "--force")[0] == 0
+    assert project.db("check")[0] == 0
+    project.edit_module(*UNIQUE_NAME)
+
+    code, output = project.db("check")  # SQLite's unique (name) has no name: Alembic is blind
+
+    assert (code, output) == (1, (
+        "unique (name) on employee: in the database, not in the models, and without a name, "
+        "so `db migrate` cannot drop it: put it back in the models, name it with "
+        "`db migrate -x names=convention` and `db upgrade`, then take it out\n"))
+    project.edit_module(*reversed(UNIQUE_NAME))
+    for step in (["migrate", "-m", "names", "-x", "names=convention"], ["upgrade"]):
+        code, output = project.db(*step)
+        assert code == 0, output
+    project.edit_module(*UNIQUE_NAME)
+    for step in (["migrate", "-m", "names repeat"], ["upgrade"]):
+        code, output = project.db(*step)
+        assert code == 0, output
+    project.execute("INSERT INTO employee (id, name) VALUES (100, 'employee 1')")
+    assert project.db("check") == (
+        0, "The models, the migrations' head and the database agree.\n")
+
+
 def test_naming_problem_names_what_is_missing():
     import sqlalchemy as sa
 
