@@ -252,3 +252,10 @@ def test_the_apps_process_revision_directives_runs_with_ours(sqlite_project):
     # Ours still runs after theirs: a model that matches writes no file.
     code, output = project.db("migrate", "-m", "nothing")
     assert code == 0 and "No changes in schema detected." in output, output
+
+
+def test_env_has_its_help(sqlite_project):
+    code, output = sqlite_project.db("env", "--help")
+    assert code == 0, output
+    assert "Write safe_migrate's migrations/env.py into an existing" in " ".join(output.split())
+    assert "--force" in output, output
