@@ -16,7 +16,6 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from .errors import MigrationError
-from .names import in_models, signature
 
 # The convention keys for the constraints a model makes without naming them (`unique=True`,
 # `ForeignKey(...)`); any other constraint or index left unnamed is listed by name below.
@@ -69,6 +68,8 @@ def unnamed_only_in_database(connection, metadata: sa.MetaData, options: dict) -
     history that predates the convention) and the models do not have: Alembic sees no such
     constraint, so neither `db check` nor `db migrate` would notice it is gone. Tables the
     app's include_name or include_object leave out (`options`) are left out here too."""
+    from .names import in_models, signature  # Alembic: only for `db check`
+
     include_name = options.get("include_name") or (lambda *args: True)
     include_object = options.get("include_object") or (lambda *args: True)
     inspector = sa.inspect(connection)
