@@ -37,12 +37,14 @@ def unnamed_constraints(metadata: sa.MetaData) -> list[str]:
 
 
 def describe(item) -> str:
-    """`unique (name)`, `foreign key (company_id)`: a constraint or index by its columns."""
+    """`unique (name)`, `foreign key (company_id)`, `check (b > 0)`: a constraint or index by
+    its columns (a check by its expression)."""
     kind = {sa.UniqueConstraint: "unique", sa.ForeignKeyConstraint: "foreign key",
             sa.CheckConstraint: "check", sa.Index: "index",
             sa.PrimaryKeyConstraint: "primary key"}.get(type(item), type(item).__name__)
-    columns = [c.name for c in getattr(item, "columns", [])]
-    return f"{kind} ({', '.join(columns)})"
+    if isinstance(item, sa.CheckConstraint):
+        return f"{kind} ({item.sqltext})"
+    return f"{kind} ({', '.join(c.name for c in item.columns)})"
 
 
 def naming_problem(metadata: sa.MetaData) -> str | None:

@@ -143,7 +143,7 @@ def test_naming_problem_names_what_is_missing():
              sa.UniqueConstraint("b", name="uq_named"), sa.CheckConstraint("b > 0"))
     assert naming_problem(plain).startswith(
         "the models' MetaData names no constraints (its naming convention lacks uq, fk; "
-        "unnamed: t check (), t foreign key (a))")
+        "unnamed: t check (b > 0), t foreign key (a))")
     named = metadata()
     sa.Table("t", named, sa.Column("id", sa.Integer, primary_key=True),
              sa.Column("a", sa.Integer, sa.ForeignKey("t.id"), unique=True, index=True),
