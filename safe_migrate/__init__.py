@@ -7,9 +7,9 @@ with every migration run made safe where Alembic runs it.
     migrate = Migrate(app, db)                     # also registers `flask db`
     manager.add_command("db", MigrateCommand)      # `python manage.py db ...`
 
-`migrations/env.py` (the one `db init` writes) calls `run_migrations()`; that is where the
-guarantees live (runner.py), so both CLIs, and anything else that runs Alembic's commands
-for the app, get them.
+`migrations/env.py` (the one `db init` writes, or `db env` into an existing project) calls
+`run_migrations()`; that is where the guarantees live (runner.py), so both CLIs, and anything
+else that runs Alembic's commands for the app, get them.
 """
 from . import compat  # noqa: F401  (first: Flask-Script needs it)
 from .backfill import backfill

@@ -78,6 +78,8 @@ NEW_REVISION = [
 COMMANDS = {
     "init": (commands.init, [DIRECTORY, opt("--multidb", flag=True, help="Multiple databases "
                                                                            "migration (SQLALCHEMY_BINDS)")]),
+    "env": (commands.env, [DIRECTORY, opt("--force", flag=True, help=(
+        "replace an env.py that differs, keeping it as env.py.bak"))]),
     "revision": (commands.revision, [DIRECTORY, MESSAGE, opt("--autogenerate", flag=True, help=(
         "Populate revision script with candidate migration operations, based on comparison of "
         "database to model")), SQL, *NEW_REVISION, x_arg("revision"), PLAIN]),

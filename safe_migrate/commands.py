@@ -14,6 +14,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from .adoption import naming_problem, unnamed_only_in_database, write_env
 from .checksums import (
     applied_dates,
     ensure_checksum_table,
@@ -62,12 +63,22 @@ def init(directory=None, multidb=False):
     """Creates a new migration repository"""
     from alembic import command
 
-    directory = directory or current_state().directory
+    state = current_state()
+    directory = directory or state.directory
     if multidb:
         from .multidb import refuse_without_binds
 
         refuse_without_binds(init=True)
+    problem = naming_problem(state.metadata)  # its alembic.ini says the history has names
+    if problem:
+        raise MigrationError(f"{problem}; then run `db init` again (nothing was written)")
     command.init(config(directory), directory, "flask-multidb" if multidb else "flask")
+
+
+def env(directory=None, force=False):
+    """Write safe_migrate's migrations/env.py into an existing migrations folder (one made by
+    Flask-Migrate); --force replaces one that differs, keeping it as env.py.bak"""
+    print(write_env(Path(directory or current_state().directory), force))
 
 
 def revision(directory=None, message=None, autogenerate=False, sql=False, head="head",
@@ -82,6 +93,9 @@ def revision(directory=None, message=None, autogenerate=False, sql=False, head="
     opts = ["autogenerate"] if autogenerate else None
     alembic_config = config(directory, x_arg, opts, "revision")
     alembic_config.attributes["safe_migrate.plain"] = plain  # read by zero_downtime's caller
+    naming = naming_problem(current_state().metadata) if autogenerate else None
+    if naming:  # what it writes may leave out what Alembic cannot see (see adoption.py)
+        print(f"WARNING: {naming}", file=sys.stderr)
     try:
         command.revision(alembic_config, message,
                          autogenerate=autogenerate, sql=sql, head=head, splice=splice,
@@ -281,11 +295,13 @@ def stamp(directory=None, revision="head", sql=False, tag=None):
 
 def check(directory=None):
     """Exit 0 if the models match the migrations' head and the database is at head; else
-    exit 1 and list each difference on a line."""
+    exit 1 and list each difference on a line (also when the models' constraints have no
+    names, which Alembic cannot compare)"""
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
     from .autogenerate import describe_difference
+    from .hooks import check_options
     from .names import NamesOnly
     from .runner import not_our_bookkeeping, revision_label
 
@@ -297,10 +313,12 @@ def check(directory=None):
 
         return check(script_heads)
     problems = []
+    naming = naming_problem(state.metadata)  # then the comparison below cannot be trusted
+    if naming:
+        problems.append(f"naming convention: {naming}")
     with state.engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={
-            "compare_type": True, "include_name": not_our_bookkeeping,
-            "target_metadata": state.metadata})
+        context = MigrationContext.configure(
+            conn, opts=check_options(state, not_our_bookkeeping))
         heads = context.get_current_heads()
         if set(heads) != set(script_heads):
             problems.append(f"database at {revision_label(heads)}, migrations' head is "
@@ -313,6 +331,7 @@ def check(directory=None):
                 compare_metadata(context, state.metadata))
         for difference in differences:
             problems += describe_difference(difference)
+        problems += unnamed_only_in_database(conn, state.metadata, context.opts)
         if conn.dialect.name == "sqlite":  # rows no revision may be blamed for (sqlite.py)
             from .sqlite import describe_violations, foreign_key_violations
 
@@ -382,7 +401,7 @@ def restore(snapshot, x_arg=None):
         if known is not None and revision not in known["lines"]:
             raise MigrationError(f"{snapshot} is at revision {revision}, which migrations/ does "
                                  "not know: not a snapshot of this project; nothing changed")
-    budget = state.wait_budget()
+    budget, settings = state.wait_budget(), state.settings
     with state.lock(budget):
         # The live file is read to compare it with the snapshot, and copied for an undo; one
         # that SQLite cannot read (or none) is what restore is for.
@@ -402,7 +421,8 @@ def restore(snapshot, x_arg=None):
                             "loses: " + ", ".join(f"{table} ({rows} rows)"
                                                   for table, rows in lost.items()))
                     insist_on_yes(what, "Restore?", "restore", "nothing changed")
-                undo = take_snapshot(path, revision_label(heads), "restore", budget.left)
+                undo = take_snapshot(path, revision_label(heads), "restore", budget.left,
+                                     settings.snapshots_kept, settings.snapshots_max_bytes)
                 try:
                     restore_into(snapshot, path, budget.left)
                 except Exception:
@@ -431,5 +451,5 @@ def restore(snapshot, x_arg=None):
             kept = replace_database(snapshot, path.resolve(), budget.left)
             if kept is not None:
                 print(f"Kept the unreadable {path.name} as {kept}")
-        rotate_snapshots(path, state.settings.snapshots_kept)
+        rotate_snapshots(path, settings.snapshots_kept, settings.snapshots_max_bytes)
     print(f"Restored {path} from {snapshot}")

@@ -30,6 +30,12 @@ from .checksums import (
     verify_checksums,
 )
 from .errors import Interrupted, MigrationError, interrupt_in
+from .hooks import (
+    app_options,
+    directives_with,
+    include_name_with,
+    on_version_apply_with,
+)
 from .options import run_options
 from .postgres import retrying
 from .rehearsal import LockWatch, never_commits, rows_before_after
@@ -256,14 +262,19 @@ class Run:
         in_rehearsal = self.in_one_transaction
         configure_args = self.state.configure_args
         del configure_args["fn"]  # the command's own list of steps stays (see checked)
+        app = app_options(self.state)
         options = dict(
             connection=self.connection,
             target_metadata=self.state.metadata if autogenerate or convention else sa.MetaData(),
             **{**configure_args,
                **({"transaction_per_migration": False} if in_rehearsal else {}),
-               "on_version_apply": self.after_revision,
-               "include_name": not_our_bookkeeping,
-               "process_revision_directives": revision_directives_hook(self.options, autogenerate)})
+               # Ours, and the app's own (Migrate(app, db, include_name=...): hooks.py).
+               "on_version_apply": on_version_apply_with(self.after_revision,
+                                                         app.get("on_version_apply")),
+               "include_name": include_name_with(not_our_bookkeeping, app.get("include_name")),
+               "process_revision_directives": directives_with(
+                   revision_directives_hook(self.options, autogenerate),
+                   app.get("process_revision_directives"))})
         self.context.configure(**options)
         install_sqlite_copies(self.context.get_context())  # native ALTER, judged copies
         # Alembic's command gave the context the function that lists the steps to run (the
@@ -287,7 +298,8 @@ class Run:
                 self.drop_empty_version_table()
             raise
         if self.snapshot_taken:
-            rotate_snapshots(self.path, self.settings.snapshots_kept)
+            rotate_snapshots(self.path, self.settings.snapshots_kept,
+                             self.settings.snapshots_max_bytes)
 
     def checked(self, steps):
         def checked_steps(heads, migration_context):
@@ -373,8 +385,8 @@ class Run:
                     give_identity(self.connection)
             self.identified = True
             self.progress.snapshotting = True
-            take_snapshot(self.path, revision_label(heads), destination,
-                          self.budget.left)
+            take_snapshot(self.path, revision_label(heads), destination, self.budget.left,
+                          self.settings.snapshots_kept, self.settings.snapshots_max_bytes)
             self.progress.snapshotting = False
             self.snapshot_taken = True
 

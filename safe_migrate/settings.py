@@ -38,14 +38,34 @@ def plain(number: float) -> str:
     return f"{number:.3f}".rstrip("0").rstrip(".")
 
 
-def count(name: str, default: int, high: int = 100) -> int:
-    """A whole number from 0 to `high` from the environment variable `name`."""
+def count(name: str, default: int, high: int = 100, low: int = 0) -> int:
+    """A whole number from `low` to `high` from the environment variable `name`."""
     value = os.environ.get(name)
     if value is None:
         return default
-    if not (value.strip().isascii() and value.strip().isdigit()) or int(value) > high:
-        raise MigrationError(f"{name} must be a whole number from 0 to {high}, not {value!r}")
+    if not (value.strip().isascii() and value.strip().isdigit()) or not low <= int(value) <= high:
+        raise MigrationError(f"{name} must be a whole number from {low} to {high}, not {value!r}")
     return int(value)
+
+
+MEGABYTE = 1 << 20           # what `du -h` and `ls -lh` call M
+MAX_MEGABYTES = 1 << 30      # a petabyte: no disk holds more snapshots than this
+
+
+def megabytes(name: str) -> int | None:
+    """A size in megabytes from the environment variable `name`, from 0.01 to MAX_MEGABYTES,
+    or 0 for none, as bytes (None: none, the default)."""
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and (0.01 <= number <= MAX_MEGABYTES or number == 0)):
+        raise MigrationError(f"{name} must be a number of megabytes from 0.01 to {MAX_MEGABYTES}, "
+                             f"or 0 for none, not {value!r}")
+    return round(number * MEGABYTE) or None
 
 
 class Settings:
@@ -58,7 +78,10 @@ class Settings:
         # How long to wait for a PostgreSQL server that does not answer (libpq would wait
         # forever); libpq takes whole seconds.
         self.connect_timeout = max(1, round(seconds("MIGRATE_CONNECT_TIMEOUT", 10.0, low=1)))
-        self.snapshots_kept = 10
+        # SQLite snapshots in backups/: how many of a database's are kept, and how large they
+        # may be together (None: no size cap); see snapshots.py.
+        self.snapshots_kept = count("MIGRATE_SNAPSHOTS_KEEP", 10, high=1000, low=1)
+        self.snapshots_max_bytes = megabytes("MIGRATE_SNAPSHOTS_MAX_MB")
         # PostgreSQL: how long a revision's statement may wait for a table's lock before the
         # revision is rolled back and retried, how many times, and an optional limit on any
         # one statement (0: none).

@@ -6,7 +6,9 @@ database's real file, named `<file name>.<from>-<to>.<UTC time>.db` (for data.db
 `data.sqlite` in one folder never share snapshots. Each is written under a temporary name and
 renamed when complete, in rollback (DELETE) journal mode whatever the database's, with the
 database's permission bits (never wider), and only this database's own snapshots are rotated
-out (the newest few are kept). Snapshots named by earlier versions, `<stem>.<from>-<to>.
+out: the newest are kept, at most MIGRATE_SNAPSHOTS_KEEP of them and MIGRATE_SNAPSHOTS_MAX_MB
+together, and a snapshot the disk has no room for is refused before anything changes (counting
+the room rotation frees). backups/ gets a .gitignore of `*`: snapshots hold the app's data. Snapshots named by earlier versions, `<stem>.<from>-<to>.
 <time>.db`, stay restorable but are never rotated: their name cannot tell `data.db`'s from
 `data.sqlite`'s. A snapshot is only ever opened read-only and immutable, so reading one leaves
 no -wal, -shm or -journal file in backups/.
@@ -26,9 +28,10 @@ import shutil
 import sqlite3
 import time
 import uuid
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import quote
 
 import sqlalchemy as sa
@@ -80,9 +83,11 @@ def name_part(revisions: str) -> str:
     return re.sub(r"[^0-9a-zA-Z_+]", "_", revisions) or "_"
 
 
-def take_snapshot(path: Path, start: str, end: str, timeout: float) -> Path:
+def take_snapshot(path: Path, start: str, end: str, timeout: float, keep: int = 10,
+                  max_bytes: int | None = None) -> Path:
     """Copy the SQLite file into backups/ beside it, named for the revisions it goes from
-    and to; print and return the copy's path."""
+    and to; print and return the copy's path. `keep` and `max_bytes` are the caps that
+    rotation keeps to (see make_room)."""
     label = f"{name_part(start)}-{name_part(end)}"
     path = path.resolve()
     backups = path.parent / "backups"
@@ -94,28 +99,94 @@ def take_snapshot(path: Path, start: str, end: str, timeout: float) -> Path:
     for leftover in backups.iterdir():
         if partial.fullmatch(leftover.name):
             leftover.unlink()
-    size = path.stat().st_size
-    free = shutil.disk_usage(backups).free
-    if free < size:
-        raise MigrationError(
-            f"no room for a snapshot of {path.name} ({size} bytes) in {backups} ({free} bytes "
-            "free); nothing changed. Free some space, or skip the snapshot with -x backup=off")
+    make_room(path, backups, keep, max_bytes)
     snapshot = backups / f"{path.name}.{label}.{utc_stamp()}.db"
     copy_database(path, snapshot, path.stat().st_mode & 0o777, timeout)
+    ignored_by_git(backups)
     print(f"Snapshot of {path.name} saved to {snapshot}")
     return snapshot
 
 
-def rotate_snapshots(path: Path, keep: int) -> None:
-    """Delete all but the newest `keep` of this database's snapshots (after a run that
-    succeeded: a failed one pushes none out). Only snapshots named for this file, in its own
-    backups/, ever go."""
-    path = path.resolve()
+class Held(NamedTuple):
+    """One snapshot in backups/, as rotation sees it."""
+
+    time: str                 # the UTC time in its name: names sort by it
+    size: int                 # bytes
+    path: Path | None = None  # None: the snapshot about to be taken
+
+
+def rotated_out(held: list[Held], keep: int, max_bytes: int | None) -> list[Held]:
+    """The snapshots rotation removes: all but the newest ones that fit in both caps, at
+    most `keep` of them and `max_bytes` together (None: no size cap). The newest is always
+    kept (it undoes the last run); once one does not fit, every older one goes too."""
+    newest_first = sorted(held, key=lambda h: h.time, reverse=True)
+    total = 0
+    for number, snapshot in enumerate(newest_first):
+        total += snapshot.size
+        if number and (number >= keep or (max_bytes is not None and total > max_bytes)):
+            return newest_first[number:]
+    return []
+
+
+def held_snapshots(path: Path) -> list[Held]:
+    """This database's rotatable snapshots in its backups/ (named for its full file name)."""
     ours = snapshot_pattern(path)
     backups = path.parent / "backups"
-    mine = [p for p in backups.iterdir() if ours.fullmatch(p.name)] if backups.is_dir() else []
-    for old in sorted(mine, key=snapshot_time)[:-keep]:
-        old.unlink()
+    if not backups.is_dir():
+        return []
+    return [Held(snapshot_time(p), p.stat().st_size, p) for p in backups.iterdir()
+            if ours.fullmatch(p.name)]
+
+
+def rotate_snapshots(path: Path, keep: int, max_bytes: int | None = None) -> None:
+    """Delete this database's snapshots beyond the caps (rotated_out), after a run that
+    succeeded: a failed one pushes none out. Only snapshots named for this file, in its own
+    backups/, ever go."""
+    for old in rotated_out(held_snapshots(path.resolve()), keep, max_bytes):
+        old.path.unlink(missing_ok=True)
+
+
+def make_room(path: Path, backups: Path, keep: int, max_bytes: int | None) -> None:
+    """Refuse a snapshot that would not fit, before anything changes: one larger than the
+    size cap alone, or one the disk has no room for even counting the snapshots that rotation
+    removes once this one is taken. Those are deleted first only when the disk needs their
+    room (else they go after the run, as rotate_snapshots says)."""
+    size = path.stat().st_size
+    if max_bytes is not None and size > max_bytes:
+        raise MigrationError(
+            f"a snapshot of {path.name} ({size} bytes) is larger than MIGRATE_SNAPSHOTS_MAX_MB "
+            f"({max_bytes} bytes); nothing changed. Raise it, or skip the snapshot with "
+            "-x backup=off")
+    free = shutil.disk_usage(backups).free
+    if free >= size:
+        return
+    coming = Held(utc_stamp(), size)
+    doomed = [h for h in rotated_out([*held_snapshots(path), coming], keep, max_bytes)
+              if h is not coming]
+    freed = sum(h.size for h in doomed)
+    if free + freed < size:
+        raise MigrationError(
+            f"no room for a snapshot of {path.name} ({size} bytes) in {backups} ({free} bytes "
+            f"free, {freed} more once rotation removes older snapshots); nothing changed. Free "
+            "some space, or skip the snapshot with -x backup=off")
+    for old in doomed:
+        old.path.unlink(missing_ok=True)
+    print(f"Removed {len(doomed)} older snapshot(s) of {path.name} to make room")
+
+
+GITIGNORE = ("# Written by safe_migrate: snapshots of the SQLite database stay out of git.\n"
+             "# (`*` covers this file too, so git ignores the whole folder.)\n*\n")
+
+
+def ignored_by_git(backups: Path) -> None:
+    """Write backups/.gitignore (`*`) unless there is one: snapshots hold the app's data,
+    which does not belong in a repository. One the user has edited stays as it is."""
+    ignore = backups / ".gitignore"
+    if not ignore.exists():
+        # After a snapshot fitted: a refused one leaves backups/ as it was. A disk too full
+        # for these few bytes fails no migration; the next snapshot writes it.
+        with suppress(OSError):
+            ignore.write_text(GITIGNORE)
 
 
 def snapshot_time(snapshot: Path) -> str:

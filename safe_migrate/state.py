@@ -40,8 +40,8 @@ def alembic_config(directory: str, x_arg=None, opts=None, command: str | None = 
 def refuse_unguarded_run(*args, **kwargs):
     """Stands in for Alembic's hooks when an env.py passes `configure_args` on its own."""
     raise MigrationError(
-        "migrations/env.py does not run through safe_migrate, so nothing was applied: replace "
-        "it with the env.py of safe_migrate/templates/flask (see README, 'Use it in your own app')")
+        "migrations/env.py does not run through safe_migrate, so nothing was applied: run "
+        "`db env --force` to replace it with safe_migrate's (the old one is kept)")
 
 
 class MigrateState:

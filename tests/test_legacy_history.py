@@ -36,9 +36,9 @@ def legacy_project(path, database_url, tool):
     if tool:
         shutil.copytree(ROOT / "safe_migrate", path / "safe_migrate",
                         ignore=shutil.ignore_patterns("__pycache__"))
-        shutil.copy(ROOT / "safe_migrate" / "templates" / "flask" / "env.py",
-                    path / "migrations" / "env.py")
         project.env["LEGACY_TOOL"] = "1"
+        code, output = manage(project, "env", "--force")
+        assert code == 0, output
     return project
 
 

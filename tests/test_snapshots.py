@@ -114,8 +114,9 @@ def test_a_wal_database_leaves_no_side_files_and_its_mode_in_backups(sqlite_proj
 
     assert project.state() == before
     backups = project.path / "backups"
-    assert sorted(backups.iterdir()) == sorted([snapshot, undo])  # no -wal, -shm, -journal
-    assert {p.stat().st_mode & 0o777 for p in backups.iterdir()} == {0o640}
+    # no -wal, -shm, -journal; the .gitignore holds no data
+    assert sorted(backups.iterdir()) == sorted([snapshot, undo, backups / ".gitignore"])
+    assert {p.stat().st_mode & 0o777 for p in (snapshot, undo)} == {0o640}
     for kept in (snapshot, undo):  # in rollback mode, whatever the database's
         copy = project.path.parent / "copy.db"
         shutil.copy(kept, copy)
@@ -287,7 +288,7 @@ def test_a_snapshot_named_and_left_in_wal_mode_by_an_earlier_version_restores(sn
     snapshot.unlink()
     (project.path / "data.db").unlink()
     backups = sorted((project.path / "backups").iterdir())
-    assert backups == [old]
+    assert backups == [old.with_name(".gitignore"), old]
 
     code, output = project.db("restore", old, "-x", "yes")
 

@@ -1,6 +1,6 @@
 """The legacy project's app at the head of its history, run with bare Flask-Migrate 2.7
-(LEGACY_TOOL unset) or with safe_migrate (LEGACY_TOOL=1): only the import differs, as the
-README's "Use it in your own app" says."""
+(LEGACY_TOOL unset) or with safe_migrate (LEGACY_TOOL=1): only the imports differ (safe_migrate's
+`metadata` names every constraint), as the README's adoption steps say."""
 import os
 
 from flask import Flask
@@ -8,14 +8,15 @@ from flask_script import Manager
 from flask_sqlalchemy import SQLAlchemy
 
 if os.environ.get("LEGACY_TOOL"):
-    from safe_migrate import Migrate, MigrateCommand
+    from safe_migrate import Migrate, MigrateCommand, metadata
 else:
     from flask_migrate import Migrate, MigrateCommand
+    from sqlalchemy import MetaData as metadata
 
 app = Flask(__name__)
 app.config["SQLALCHEMY_DATABASE_URI"] = os.environ.get("DATABASE_URL", "sqlite:///data.db")
 app.config["SQLALCHEMY_TRACK_MODIFICATIONS"] = False
-db = SQLAlchemy(app)
+db = SQLAlchemy(app, metadata=metadata())
 migrate = Migrate(app, db)
 manager = Manager(app)
 manager.add_command("db", MigrateCommand)
