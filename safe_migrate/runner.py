@@ -282,6 +282,8 @@ class Run:
                 verify_checksums(self.context.script, self.connection)
             if revisions:
                 self.before_revisions(heads, revisions)
+            elif self.command == "upgrade" and not self.rehearsing:
+                print(already_at(heads, migration_context.script.get_heads()))
             for step in revisions:
                 self.time_and_retry(step)
             return planned
@@ -393,6 +395,13 @@ def not_our_bookkeeping(name, type_, parent_names) -> bool:
     """Alembic's include_name hook: autogenerate leaves our bookkeeping tables and SQLite's own
     tables (sqlite_sequence, sqlite_stat1, ...) alone."""
     return not (type_ == "table" and (name in BOOKKEEPING or name.startswith("sqlite_")))
+
+
+def already_at(heads, script_heads) -> str:
+    """What a `db upgrade` with nothing to run says."""
+    if heads and set(heads) == set(script_heads):
+        return f"Already at head ({', '.join(sorted(heads))})."
+    return f"Already at {revision_label(heads)}: nothing to upgrade."
 
 
 def revision_label(revisions) -> str:
