@@ -73,7 +73,7 @@ class Ticker:
             self.stream.write(f"\r{self.line()}\x1b[K")
             self.stream.flush()
             self.shown = True
-            if self.stopped.wait(min(0.5, self.after)):
+            if self.stopped.wait(min(0.5, max(self.after, 0.05))):
                 return
 
     def stop(self) -> None:
