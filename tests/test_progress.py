@@ -5,6 +5,7 @@ import os
 import re
 import select
 import subprocess
+import time
 
 import pytest
 from conftest import CLIS
@@ -50,10 +51,13 @@ def slow(sqlite_project):
 
 
 def read_until(controller, seen, wanted, timeout=120):
-    """Read the terminal until `wanted` (a regex) shows; fail if it ends or stalls first."""
+    """Read the terminal until `wanted` (a regex) shows; fail if the command ends first, or
+    `timeout` seconds pass (a deadline, however much else the terminal shows meanwhile)."""
+    deadline = time.monotonic() + timeout
     while not re.search(wanted, seen):
-        ready, _, _ = select.select([controller], [], [], timeout)
-        assert ready, f"nothing for {timeout} s; so far: {seen!r}"
+        left = deadline - time.monotonic()
+        ready, _, _ = select.select([controller], [], [], max(left, 0))
+        assert ready and left > 0, f"no {wanted!r} within {timeout} s; so far: {seen!r}"
         try:
             chunk = os.read(controller, 4096)
         except OSError:  # EIO: the command ended
