@@ -13,11 +13,12 @@ from pathlib import Path
 
 import click
 import flask_script
-from flask.cli import AppGroup, with_appcontext
+from flask.cli import with_appcontext
 
 from . import commands
 from .errors import reported
 from .options import x_help
+from .usage import DbCommandClick, DbGroup, DbManager, help_texts
 
 
 class Opt:
@@ -184,7 +185,8 @@ def running_module_is_importable() -> None:
 
 def flask_script_manager() -> flask_script.Manager:
     """Flask-Migrate's MigrateCommand, with our commands."""
-    manager = flask_script.Manager(usage="Perform database migrations")
+    manager = DbManager(help="Perform database migrations",
+                        description="Perform database migrations")
     for name, (func, options) in COMMANDS.items():
         manager.add_command(name, DbCommand(func, options))
     return manager
@@ -210,10 +212,12 @@ def click_command(name: str, func, options) -> click.Command:
 
     # `db downgrade -2` is a relative revision, as argparse (Flask-Script) reads it, not an option.
     settings = {"ignore_unknown_options": True} if name == "downgrade" else {}
-    return click.Command(name, context_settings=settings, callback=with_appcontext(callback), params=[click_param(o) for o in options],
-                         help=func.__doc__)
+    help, short_help = help_texts(func.__doc__)
+    return DbCommandClick(name, context_settings=settings, callback=with_appcontext(callback),
+                          params=[click_param(o) for o in options], help=help,
+                          short_help=short_help)
 
 
-db_group = AppGroup("db", help="Perform database migrations.")
+db_group = DbGroup("db", help="Perform database migrations.")
 for _name, (_func, _options) in COMMANDS.items():
     db_group.add_command(click_command(_name, _func, _options))

@@ -138,7 +138,9 @@ def upgrade(directory=None, revision="head", sql=False, tag=None, x_arg=None, re
         refuse_unsupported(current_state().url, "upgrade")
     if rehearse or round_trip:
         return rehearse_run("upgrade", directory, revision, x_arg, round_trip)
-    if not sql and revision in ("head", "heads") and nothing_to_upgrade(directory):
+    at_head = not sql and revision in ("head", "heads") and nothing_to_upgrade(directory)
+    if at_head:
+        print(f"Already at head ({', '.join(at_head)}).")
         return
     from alembic import command
 
@@ -157,6 +159,9 @@ def rehearse_run(kind: str, directory, revision: str, x_arg, round_trip: bool) -
     state = current_state()
     if multidb.is_multidb(directory or state.directory):
         return multidb.rehearse_run(kind, directory, revision, x_arg, round_trip)
+    if nothing_pending(kind, directory, revision):
+        print("Nothing pending: no rehearsal.")
+        return
     x_arg = [*(x_arg or []), "backup=off"]
     with rehearsal(state) as (where, remember):
         with state.engine.connect() as conn:
@@ -176,24 +181,51 @@ def rehearse_run(kind: str, directory, revision: str, x_arg, round_trip: bool) -
                   f"{kind} left it")
 
 
-def nothing_to_upgrade(directory) -> bool:
-    """True when the database is at the history's heads and every applied revision's file is
-    as it was applied: what a deploy's no-op `db upgrade` needs to know, without Alembic.
-    Anything else takes Alembic's path, which says what is wrong."""
+def nothing_pending(kind: str, directory, revision: str) -> bool:
+    """True when the database is already at `revision` (a rehearsal of nothing copies
+    nothing); a downgrade at base is refused here as `db downgrade` refuses it. Anything
+    Alembic must explain (an unknown or relative revision, several heads) is left to the run."""
+    from alembic.util import CommandError
+
+    from .checksums import verify_checksums
+
+    state = current_state()
+    if state.path is not None and not state.path.exists():
+        return False  # the rehearsal says there is no database
+    script = script_directory(directory)
+    with state.engine.connect() as conn:
+        heads = database_heads(conn)
+        if kind == "downgrade" and not heads:
+            raise MigrationError("nothing to downgrade: the database is at base")
+        try:
+            target = {r.revision for r in script.get_revisions(revision) if r is not None}
+        except CommandError:
+            return False
+        if set(heads) != target:
+            return False
+        verify_checksums(script, conn)  # an edited applied revision is refused, as by a run
+    return True
+
+
+def nothing_to_upgrade(directory) -> list[str] | None:
+    """The heads, when the database is at the history's heads and every applied revision's
+    file is as it was applied: what a deploy's no-op `db upgrade` needs to know, without
+    Alembic. None for anything else, which takes Alembic's path, which says what is wrong."""
     state = current_state()
     directory = Path(directory or state.directory)
     index = cached_index(directory)
     if index is None or (state.path is not None and not state.path.exists()) \
             or is_multidb(directory):  # each database is Alembic's to read (multidb.py)
-        return False
+        return None
     with state.engine.connect() as conn:
         heads = database_heads(conn)
         recorded = recorded_checksums(conn)
     if not heads or sorted(heads) != index["heads"]:
-        return False
+        return None
     files, hashes = index["files"], index["hashes"]  # hashed as the cache was checked
-    return all(revision in files and hashes.get(files[revision]) == checksum
-               for revision, checksum in recorded.items())
+    unchanged = all(revision in files and hashes.get(files[revision]) == checksum
+                    for revision, checksum in recorded.items())
+    return index["heads"] if unchanged else None
 
 
 def downgrade(directory=None, revision="-1", sql=False, tag=None, x_arg=None, rehearse=False,
@@ -269,11 +301,21 @@ def current(directory=None, verbose=False):
     state = current_state()
     multidb = is_multidb(directory or state.directory)  # each database: Alembic's reading
     index = None if verbose or multidb else cached_index(directory)
-    if index is not None:
-        # What Alembic's `current` prints, without loading Alembic or every revision file.
+    if index is None:
+        script_directory(directory)  # Alembic's own line for a folder it cannot read
+    if not multidb:
         with state.engine.connect() as conn:
+            versioned = sa.inspect(conn).has_table("alembic_version")
             heads = database_heads(conn)
-        if all(head in index["lines"] for head in heads):
+        if not versioned:
+            print("No alembic_version table: this database is not under migrations "
+                  "(see db stamp).")
+            return
+        if not heads:
+            print("At base: no revision is applied.")
+            return
+        if index is not None and all(head in index["lines"] for head in heads):
+            # What Alembic's `current` prints, without loading Alembic or every revision file.
             for head in heads:
                 print(index["lines"][head])
             return

@@ -38,6 +38,7 @@ from .hooks import (
 )
 from .options import run_options
 from .postgres import retrying
+from .progress import ticking
 from .rehearsal import LockWatch, never_commits, rows_before_after
 from .snapshots import (
     BOOKKEEPING,
@@ -60,7 +61,7 @@ class QuietStart(logging.Filter):
     """Alembic's lines at the start of every command ("Context impl SQLiteImpl.", "Will
     assume transactional DDL.", one per autogenerate plugin where an alembic.ini older than
     Alembic 1.19 leaves them at INFO) say nothing a user can act on. Its "Running upgrade
-    a -> b" line comes when the revision ends instead, with its time (Run.time_and_retry)."""
+    a -> b" line is Run.time_and_retry's instead, followed by the revision's time."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.msg == "Running %s" and getattr(record.args[0], "safe_migrate_timed", False):
@@ -322,6 +323,8 @@ class Run:
                 verify_checksums(self.context.script, self.connection)
             if revisions:
                 self.before_revisions(heads, revisions)
+            elif self.command == "upgrade" and not self.rehearsing:
+                print(already_at(heads, migration_context.script.get_heads()))
             for step in revisions:
                 self.time_and_retry(step)
             return planned
@@ -329,7 +332,8 @@ class Run:
         return checked_steps
 
     def time_and_retry(self, step) -> None:
-        """Log the revision's line when it ends, with its time; on PostgreSQL, retry it when a
+        """Log the revision's line when it starts, and its time when it ends (on a terminal,
+        a line of its elapsed time in between: progress.py); on PostgreSQL, retry it when a
         lock is not granted within MIGRATE_PG_LOCK_TIMEOUT."""
         run = step.migration_fn
         name = Path(step.revision.path).name
@@ -340,7 +344,7 @@ class Run:
         if self.connection.dialect.name == "postgresql":
             run = retrying(run, self.connection, self.settings, name, migration_context)
         log = logging.getLogger("alembic.runtime.migration")
-        step.safe_migrate_timed = True  # RevisionLines leaves its start line out
+        step.safe_migrate_timed = True  # QuietStart leaves Alembic's own start line out
 
         @functools.wraps(step.migration_fn)  # Alembic's log line names it: upgrade, downgrade
         def timed(**kwargs):
@@ -350,14 +354,16 @@ class Run:
             rows = all_rows(self.connection) if self.rehearsing else None
             watch = (LockWatch(self.connection, BOOKKEEPING) if self.in_one_transaction
                      else None)
+            log.info("Running %s ...", step)
             start = time.monotonic()
             try:
-                run(**kwargs)
+                with ticking():
+                    run(**kwargs)
             except BaseException:
-                log.info("Running %s ... failed after %.2f s", step, time.monotonic() - start)
+                log.info("  failed after %.2f s", time.monotonic() - start)
                 raise
             self.last_seconds = time.monotonic() - start
-            log.info("Running %s ... %.2f s", step, self.last_seconds)
+            log.info("  done in %.2f s", self.last_seconds)
             locks = watch.report() if watch else []  # before the counts below take locks
             if rows is not None:
                 log.info("  rows: %s", rows_before_after(rows, all_rows(self.connection)))
@@ -434,6 +440,13 @@ def not_our_bookkeeping(name, type_, parent_names) -> bool:
     """Alembic's include_name hook: autogenerate leaves our bookkeeping tables and SQLite's own
     tables (sqlite_sequence, sqlite_stat1, ...) alone."""
     return not (type_ == "table" and (name in BOOKKEEPING or name.startswith("sqlite_")))
+
+
+def already_at(heads, script_heads) -> str:
+    """What a `db upgrade` with nothing to run says."""
+    if heads and set(heads) == set(script_heads):
+        return f"Already at head ({', '.join(sorted(heads))})."
+    return f"Already at {revision_label(heads)}: nothing to upgrade."
 
 
 def revision_label(revisions) -> str:

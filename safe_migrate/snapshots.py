@@ -38,6 +38,7 @@ import sqlalchemy as sa
 
 from .checksums import CHECKSUM_TABLE
 from .errors import MigrationError
+from .progress import human_size, write_now
 
 IDENTITY_TABLE = "migration_database"
 # Tables of ours and Alembic's, which are no part of the app's schema or data.
@@ -101,9 +102,11 @@ def take_snapshot(path: Path, start: str, end: str, timeout: float, keep: int = 
             leftover.unlink()
     make_room(path, backups, keep, max_bytes)
     snapshot = backups / f"{path.name}.{label}.{utc_stamp()}.db"
+    write_now(f"Snapshotting {path.name} ({human_size(path.stat().st_size)})...")
+    start = time.monotonic()
     copy_database(path, snapshot, path.stat().st_mode & 0o777, timeout)
     ignored_by_git(backups)
-    print(f"Snapshot of {path.name} saved to {snapshot}")
+    print(f"Snapshot of {path.name} ({time.monotonic() - start:.2f} s) saved to {snapshot}")
     return snapshot
 
 

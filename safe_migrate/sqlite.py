@@ -57,17 +57,24 @@ def uri_creator(url: sa.engine.URL, path: Path, guard: Callable[[], None], timeo
 def missing_file_guard(path: Path, missing: str) -> Callable[[], str | None]:
     """What connecting does when the SQLite file is missing (see
     connections.migration_engine): a typo in the URL must not quietly create and migrate
-    an empty database."""
+    an empty database. Each engine says so once, however often it connects."""
+    said = set()
+
+    def say(line: str) -> None:
+        if line not in said:
+            said.add(line)
+            print(line)
+
     def guard() -> str | None:
         if path.exists():
             return None
         if missing == "create":
-            print(f"Creating new database at {path}")
+            say(f"Creating new database at {path}")
             return None
         if missing == "compare with empty":
             # The tutorial runs `db migrate` before any database exists: compare the models
             # with an empty database in memory, and leave the file to `db upgrade`.
-            print(f"No database at {path} yet: comparing the models with an empty database")
+            say(f"No database at {path} yet: comparing the models with an empty database")
             return "memory"
         raise MigrationError(
             f"no database at {path} (check DATABASE_URL); only `db upgrade` creates one")

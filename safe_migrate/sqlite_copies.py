@@ -37,6 +37,8 @@ import sqlalchemy as sa
 from alembic.ddl.sqlite import SQLiteImpl
 from sqlalchemy.dialects.sqlite.base import SQLiteDialect
 
+from . import progress
+
 # The batch operations SQLite's ALTER TABLE can do, and the SQLite version each needs.
 NATIVE = {"add_column": (3, 2, 0), "drop_column": (3, 35, 0), "alter_column": (3, 25, 0),
           "rename_table": (3, 2, 0), "create_index": (3, 2, 0), "drop_index": (3, 2, 0)}
@@ -173,6 +175,7 @@ class KeepingSQLiteImpl(SQLiteImpl):
         connection = self.connection
         copy = Copy(read_table(connection, table.name), intent_of(batch_impl, self.dialect))
         copy.dependents = take_dependents(connection, table.name)
+        self.safe_migrate_copying = (table.name, batch_impl.new_table)  # see _exec
         gather = batch_impl._gather_indexes_from_both_tables
 
         def gather_then_settle():
@@ -183,6 +186,21 @@ class KeepingSQLiteImpl(SQLiteImpl):
                 (table.name, what) for what in settle(connection, copy))
 
         batch_impl._gather_indexes_from_both_tables = gather_then_settle
+
+
+    def _exec(self, construct, *args, **kw):
+        # The copy's INSERT ... SELECT into the new table counts its rows for the progress
+        # line on a terminal (progress.counted_copy); every other statement as it is.
+        copying = getattr(self, "safe_migrate_copying", None)
+        if copying is None or getattr(construct, "table", None) is not copying[1]:
+            return super()._exec(construct, *args, **kw)
+        self.safe_migrate_copying = None
+        try:
+            return super()._exec(progress.counted_copy(construct, copying[0],
+                                                       self.connection.connection),
+                                 *args, **kw)
+        finally:
+            progress.copy_done()
 
 
 def quote(connection, name: str) -> str:

@@ -224,7 +224,7 @@ def test_migrate_and_check_through_either_cli(project):
 
 def test_a_changed_added_or_removed_revision_file_is_noticed(project):
     assert project.db("upgrade")[0] == 0
-    assert project.db("upgrade") == (0, "")  # nothing to do: the cached answer
+    assert project.db("upgrade") == (0, f"Already at head ({project.revisions()[-1]}).\n")
     versions = project.path / "migrations" / "versions"
     head = project.revisions()[-1]
 
@@ -246,7 +246,7 @@ def test_a_changed_added_or_removed_revision_file_is_noticed(project):
     assert project.db("downgrade", "-x", "backup=off")[0] == 0
     added.unlink()
     assert project.db("current") == (0, f"{head} (head)\n")
-    assert project.db("upgrade") == (0, "")
+    assert project.db("upgrade") == (0, f"Already at head ({head}).\n")
     assert not list(versions.glob("next0001*"))
 
 

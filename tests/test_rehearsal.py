@@ -28,7 +28,8 @@ def test_rehearse_reports_each_revision_and_changes_nothing(pending):
     code, output = project.db("upgrade", "--rehearse")
 
     assert code == 0, output
-    times = re.findall(r"Running upgrade \S+ -> (\S+), .* \.\.\. \d+\.\d\d s", output)
+    times = re.findall(r"Running upgrade \S+ -> (\S+), .* \.\.\.\n.*  done in \d+\.\d\d s",
+                       output)
     assert times == project.revisions()[1:], output
     assert output.count("rows: company 1000 -> 1000, employee 1000 -> 1000") == 2, output
     assert f"Rehearsal done: {database} was not changed" in output
@@ -117,7 +118,8 @@ def test_rehearse_on_postgresql_reports_locks_and_rewrites_and_rolls_back(pendin
 
     assert code == 0, output
     assert "Rehearsal done: rolled back, the database was not changed" in output
-    runs = re.findall(r"Running upgrade \S+ -> ([0-9a-z]+).* \.\.\. \d+\.\d\d s", output)
+    runs = re.findall(r"Running upgrade \S+ -> ([0-9a-z]+).* \.\.\.\n.*  done in \d+\.\d\d s",
+                      output)
     assert runs == project.revisions()[1:], output
     assert output.count("rows: company 1000 -> 1000, employee 1000 -> 1000") == 3, output
     locks = re.findall(r"locks: (employee AccessExclusiveLock) \(\d+\.\d\d s\)", output)

@@ -449,7 +449,7 @@ def test_a_revision_in_a_nested_folder_or_another_location_is_applied(sqlite_pro
     code, output = project.db("upgrade", "-x", "backup=off")
     assert code == 0 and "nest0001 -> extr0001" in output, output
     assert project.version() == "extr0001" and "extra_one" in project.tables()
-    assert project.db("upgrade") == (0, "")  # nothing to do, from the cache
+    assert project.db("upgrade") == (0, "Already at head (extr0001).\n")  # from the cache
     assert project.db("history") == project.db("history", "-r", "base:heads")
 
 
@@ -494,6 +494,6 @@ def test_a_cache_file_of_the_wrong_shape_is_rebuilt_by_the_commands(sqlite_proje
         (folder / "__pycache__" / CACHE_NAME).write_text(text)
     assert project.db("current") == (0, f"{HEAD} (head)\n")
     assert project.db("heads") == (0, f"{HEAD} (head)\n")
-    assert project.db("upgrade") == (0, "")
+    assert project.db("upgrade") == (0, f"Already at head ({HEAD}).\n")
     cached = json.loads((migrations / "__pycache__" / CACHE_NAME).read_text())
     assert cached["format"] == CACHE_FORMAT and cached["index"]["heads"] == [HEAD]

@@ -386,7 +386,7 @@ def test_only_the_newest_ten_snapshots_are_kept(sqlite_project):
             code, output = sqlite_project.db(command)
             assert code == 0, output
             printed += [line.rpartition(" saved to ")[2] for line in output.splitlines()
-                        if line.startswith("Snapshot of data.db saved to ")]
+                        if line.startswith("Snapshot of data.db (") and " saved to " in line]
 
     assert len(printed) == 12
     kept = {str(p) for p in snapshots(sqlite_project)}
