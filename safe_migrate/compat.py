@@ -9,6 +9,8 @@ Flask-Script 2.0.6, abandoned upstream, introspects `@manager.command` functions
 varargs, varkw, defaults). Put back only where it is missing.
 """
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 if not hasattr(inspect, "getargspec"):
     inspect.getargspec = lambda func: inspect.getfullargspec(func)[:4]
@@ -20,4 +22,23 @@ try:
 except ImportError:
     import flask_script_ng as flask_script
 
-__all__ = ["flask_script"]
+__all__ = ["default_engine_is", "flask_script"]
+
+
+@contextmanager
+def default_engine_is(db, connection) -> Iterator[None]:
+    """Flask-SQLAlchemy 3's session takes its engine from `db.engines` (the app's, by bind
+    key), not from the session's configured binds as 2.5's does (runner.app_session_on):
+    within the block the default bind's is the run's connection. Other binds keep theirs."""
+    engines = getattr(db, "engines", None)
+    if engines is None or getattr(db, "session", None) is None:
+        yield
+        return
+    saved = engines.get(None)
+    db.session.remove()
+    engines[None] = connection
+    try:
+        yield
+    finally:
+        db.session.remove()
+        engines[None] = saved

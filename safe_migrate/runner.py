@@ -29,6 +29,7 @@ from .checksums import (
     record_checksum,
     verify_checksums,
 )
+from .compat import default_engine_is
 from .errors import Interrupted, MigrationError, interrupt_in
 from .options import run_options
 from .postgres import retrying
@@ -161,7 +162,8 @@ def app_session_on(db, connection):
     transaction the runner began.) Tables of other binds keep their engines."""
     factory = getattr(getattr(db, "session", None), "session_factory", None)
     if factory is None or not hasattr(db, "get_binds"):
-        yield
+        with default_engine_is(db, connection):  # Flask-SQLAlchemy 3
+            yield
         return
     app = current_app._get_current_object()
     ours = {table: connection for table in db.get_tables_for_bind(None)}
