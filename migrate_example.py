@@ -10,10 +10,14 @@ import os
 from pathlib import Path
 
 from flask import Flask
-from flask_script import Manager
 from flask_sqlalchemy import SQLAlchemy
 
 from safe_migrate import Migrate, MigrateCommand, metadata
+
+try:
+    from flask_script import Manager
+except ImportError:  # Flask 2.2 and later: flask-script-ng, the same Manager
+    from flask_script_ng import Manager
 
 # data.db and migrations/ live beside this file, whatever the current directory.
 BASE_DIR = Path(__file__).resolve().parent

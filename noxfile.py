@@ -1,7 +1,8 @@
 """Test sessions: the whole suite on Python 3.11 with coverage across the CLI subprocesses,
 through both CLIs; the SQLite half on 3.13 (the newest), through the Manager. `nox` runs those
 two, each with one test process per core (pytest-xdist);
-`nox -s sqlite-3.12` runs the 3.12 one, `nox -s tests` one."""
+`nox -s sqlite-3.12` runs the 3.12 one, `nox -s tests` one. `nox -s modern-3.13` runs the
+whole suite on the modern profile (requirements-modern.txt); it is not in the default run."""
 import os
 from pathlib import Path
 
@@ -41,3 +42,11 @@ def sqlite(session):
     install(session)
     session.env["TEST_CLIS"] = "manager"
     session.run("python", "-m", "pytest", *XDIST, "-m", "not postgresql", *session.posargs)
+
+
+@nox.session(python=["3.11", "3.13"])
+def modern(session):
+    """Every test on the modern profile (Flask 3, flask-script-ng, Flask-SQLAlchemy 3,
+    SQLAlchemy 2, Alembic 1.20), through both CLIs."""
+    session.install("-q", "-r", "requirements-modern.txt", "-r", "tests/requirements.txt")
+    session.run("python", "-m", "pytest", *XDIST, *session.posargs)

@@ -12,10 +12,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
-import flask_script
 from flask.cli import with_appcontext
 
 from . import commands
+from .compat import flask_script
 from .errors import reported
 from .options import x_help
 from .usage import DbCommandClick, DbGroup, DbManager, help_texts

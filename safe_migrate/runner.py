@@ -29,6 +29,7 @@ from .checksums import (
     record_checksum,
     verify_checksums,
 )
+from .compat import default_engine_is
 from .errors import Interrupted, MigrationError, interrupt_in
 from .hooks import (
     app_options,
@@ -50,6 +51,7 @@ from .snapshots import (
 from .sqlite_copies import install as install_sqlite_copies
 from .sqlite_copies import losses as sqlite_copy_losses
 from .state import MigrateState, current_state
+from .transactions import commit_reads, reads_left_closed, write_transactions, writing
 
 # What connecting does about a missing SQLite file, by command (see sqlite.missing_file_guard).
 MISSING_FILE = {"upgrade": "create", "stamp": "create", "revision": "compare with empty"}
@@ -178,7 +180,8 @@ def app_session_on(db, connection, bind: str | None = None):
     transaction the runner began.) Tables of other binds keep their engines."""
     factory = getattr(getattr(db, "session", None), "session_factory", None)
     if factory is None or not hasattr(db, "get_binds"):
-        yield
+        with default_engine_is(db, connection):  # Flask-SQLAlchemy 3
+            yield
         return
     app = current_app._get_current_object()
     ours = {table: connection for table in db.get_tables_for_bind(bind)}
@@ -247,7 +250,8 @@ class Run:
         self.connection = connection
         self.file_existed = existed
         self.options = run_options(context.get_x_argument())  # any command's keys: see options.py
-        self.had_version_table = sa.inspect(connection).has_table("alembic_version")
+        with reads_left_closed(connection):  # else Alembic would commit none of the run
+            self.had_version_table = sa.inspect(connection).has_table("alembic_version")
         # {table: rows} a downgrade must not drop unasked (see after_revision).
         self.rows_held: dict[str, int] = {}
         self.identified = False
@@ -327,6 +331,9 @@ class Run:
                 print(already_at(heads, migration_context.script.get_heads()))
             for step in revisions:
                 self.time_and_retry(step)
+            self.settle()  # the checks' reads; each step's transaction is a write
+            if planned and not self.in_one_transaction:
+                write_transactions(self.connection)
             return planned
 
         return checked_steps
@@ -378,16 +385,16 @@ class Run:
         if upgrade and not self.had_version_table:
             refuse_unversioned_database(self.connection)
         destination = destination_label(steps)
-        if not upgrade and not guards.confirm_downgrade(
-                guards.rows_to_be_dropped(self.connection, steps,
-                                          self.state.downgrade_function), destination,
-                self.options.yes):
+        dropped = {} if upgrade else guards.rows_to_be_dropped(
+            self.connection, steps, self.state.downgrade_function)
+        self.settle()  # no read stays open while the question waits
+        if not upgrade and not guards.confirm_downgrade(dropped, destination, self.options.yes):
             # Nobody said yes to losing rows: whatever statement drops or empties a table
             # that holds rows, in any schema, after_revision notices before the revision commits.
             self.rows_held = guards.row_counts(self.connection)
         if self.file_existed and self.options.backup:
             if not has_identity(self.connection):  # the snapshot must carry it (db restore)
-                with self.connection.begin():
+                with writing(self.connection):
                     give_identity(self.connection)
             self.identified = True
             self.progress.snapshotting = True
@@ -395,6 +402,12 @@ class Run:
                           self.settings.snapshots_kept, self.settings.snapshots_max_bytes)
             self.progress.snapshotting = False
             self.snapshot_taken = True
+
+    def settle(self) -> None:
+        """End the transaction the run's reads began (transactions.py); a rehearsal's one
+        transaction stays open."""
+        if not self.in_one_transaction:
+            commit_reads(self.connection)
 
     def after_revision(self, ctx, step, heads, run_args) -> None:
         """Alembic's on_version_apply hook, in the revision's own transaction: record its
@@ -429,7 +442,7 @@ class Run:
         """Alembic creates alembic_version outside the first revision's transaction; if that
         revision fails, drop it again so the database is as it was."""
         # Any error here is suppressed: if this fails too, the first error is the one to show.
-        with suppress(Exception), self.connection.begin():
+        with suppress(Exception), writing(self.connection):
             if not sa.inspect(self.connection).has_table("alembic_version"):
                 return
             if self.connection.execute(sa.text("SELECT count(*) FROM alembic_version")).scalar() == 0:

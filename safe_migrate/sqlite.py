@@ -3,9 +3,9 @@ through table copies, and no database file created by accident.
 
 pysqlite opens transactions itself, late, and commits before DDL, so a failed batch
 migration would leave a half-copied table behind. SQLAlchemy's documented recipe: turn the
-driver's handling off and emit BEGIN ourselves. A migration run's BEGIN IMMEDIATE takes
-SQLite's write lock up front, so a revision never fails half-way for want of it; a command
-that only reads begins as SQLite does by default. The listeners go on this package's own
+driver's handling off and emit BEGIN ourselves. A migration run's write transactions
+(transactions.writing) BEGIN IMMEDIATE, taking SQLite's write lock up front, so a revision
+never fails half-way for want of it; every read begins as SQLite does by default. The listeners go on this package's own
 engines (connections.py), never on the app's.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from .errors import MigrationError
 from .locks import WaitBudget
+from .transactions import WRITING
 
 
 def database_file(url: sa.engine.URL, root: Path) -> Path | None:
@@ -111,8 +112,15 @@ class RunListeners:
     def __init__(self, budget: WaitBudget) -> None:
         self.budget = budget
         self.known: dict[tuple[str, str], int] | None = None  # violations before this revision
+        self.writing = False  # the open transaction is a run's write (transactions.WRITING)
 
     def on_begin(self, connection) -> None:
+        # A read (SQLAlchemy 2 begins one at a connection's first statement) begins as
+        # SQLite does by default: it must not wait for, or hold, the write lock.
+        self.writing = connection.info.get(WRITING, False)
+        if not self.writing:
+            on_plain_begin(connection)
+            return
         # SQLite ignores this pragma inside a transaction, so it goes before BEGIN.
         connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
         # SQLite's busy timeout is per statement; the run's waits together get one timeout.
@@ -127,6 +135,8 @@ class RunListeners:
                       "fails only for rows it leaves without a parent", file=sys.stderr)
 
     def on_commit(self, connection) -> None:
+        if not self.writing:
+            return
         now = foreign_key_violations(connection)
         new = {key: count - self.known.get(key, 0) for key, count in now.items()
                if count > self.known.get(key, 0)}

@@ -25,7 +25,8 @@ APP_ENGINE_FACTS = """
     import sqlalchemy as sa
     import migrate_example as m
 
-    engine = m.db.get_engine(m.app)
+    with m.app.app_context():  # db.engine: Flask-SQLAlchemy 2.5 and 3 alike
+        engine = m.db.engine
     with engine.connect() as conn:
         raw = conn.connection.dbapi_connection
         print("isolation_level", repr(raw.isolation_level))
