@@ -13,9 +13,10 @@ import os
 import sys
 
 import click
-import flask_script
 from click.formatting import iter_rows, measure_table, term_len, wrap_text
 from flask.cli import AppGroup
+
+from .compat import flask_script
 
 
 def close_command(name: str, commands) -> str | None:
