@@ -131,6 +131,9 @@ def test_indexes_are_concurrent_and_foreign_keys_validated_after_the_transaction
     assert index[3] == {"unique": "False", "postgresql_concurrently": "True"}
     assert validate[2] == [f"ValidateConstraint('{fk}', 'employee')"]
     assert "lock hazard" not in output, output
+    # db lint passes what db migrate wrote (issue 21: the generated safe revision exits 0).
+    code, output = project.db("lint", path.name.split("_")[0])
+    assert code == 0, output
 
     before = fingerprint(project)
     code, output = project.db("upgrade", "--rehearse")
@@ -166,6 +169,10 @@ def test_plain_writes_plain_operations(at_head):
         ("first", "batch_op.create_foreign_key")], path.read_text()
     assert calls[1][3] == {"unique": "False"} and calls[2][3] == {}
     assert "WARNING: lock hazard: CREATE INDEX ix_employee_age blocks writes" in output, output
+    code, output = project.db("lint", path.name.split("_")[0])
+    assert code == 1, output
+    assert "require-concurrent-index-creation" in output, output
+    assert "constraint-missing-not-valid" in output, output
     assert project.db("upgrade")[0] == 0
     assert constraints(project, "employee")["fk_employee_company_id_company"] == ("f", True)
 
