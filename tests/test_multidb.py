@@ -161,7 +161,7 @@ def test_each_database_gets_its_tables_version_checksums_and_snapshot(shop):
     assert code == 0, output
     for database in (shop_db, users_db):
         assert rows(database, "SELECT version_num FROM alembic_version") == [("b2",)]
-        assert f"Snapshot of {database.name} saved to" in output
+        assert f"Snapshot of {database.name} (" in output and " saved to " in output
         [snapshot] = (shop.path / "backups").glob(f"{database.name}.*.db")
         assert rows(snapshot, "SELECT version_num FROM alembic_version") == [(first,)]
     assert "note" in tables(shop_db) and "badge" in tables(users_db)

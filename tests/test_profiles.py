@@ -82,7 +82,7 @@ def test_the_identity_written_before_the_snapshot_is_committed(sqlite_project):
     code, output = project.db("upgrade")
     assert code == 0, output
     assert project.version() == project.revisions()[-1]
-    [snapshot] = (project.path / "backups").iterdir()  # the first upgrade made the file
+    [snapshot] = (project.path / "backups").glob("*.db")  # the first upgrade made the file
     database_identity = identity_rows(project.path / "data.db")
     assert len(database_identity) == 1
     assert identity_rows(snapshot) == database_identity
