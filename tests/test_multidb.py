@@ -344,7 +344,7 @@ def test_init_multidb_needs_binds(tmp_path):
     from safe_migrate import Migrate, MigrationError
     from safe_migrate.commands import init
 
-    app = Flask(__name__)
+    app = Flask(__name__, instance_path=str(tmp_path), static_folder=None)  # as on 3.14
     app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path / 'one.db'}"
     app.config["SQLALCHEMY_TRACK_MODIFICATIONS"] = False
     Migrate(app, SQLAlchemy(app), directory=tmp_path / "migrations")
