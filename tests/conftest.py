@@ -4,6 +4,7 @@ import glob
 import hashlib
 import os
 import pty
+import pwd
 import select
 import shutil
 import socket
@@ -31,6 +32,7 @@ PG_PASSWORD = "migrate-secret"
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "postgresql: needs a PostgreSQL server (initdb)")
+    config.addinivalue_line("markers", "mariadb: needs a MariaDB server (mariadb-server)")
 
 
 class Project:
@@ -318,6 +320,89 @@ def new_pg_database(pg_server):
     yield create
     for name in names:
         pg_server.admin(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+# Debian puts mariadbd in /usr/sbin, which a non-root PATH may lack.
+MARIADB_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin"])
+
+
+class MariaDBServer:
+    """A throwaway MariaDB server (Debian's mariadb-server) on a temp socket and a free
+    127.0.0.1 port, like PostgresServer: fast and unsafe settings, one test user."""
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.datadir = workdir / "data"
+        self.socket = workdir / "sock"
+        self.port = free_port()
+        self.process = None
+        self.user = pwd.getpwuid(os.geteuid()).pw_name
+
+    def start(self):
+        subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={self.datadir}",
+                        f"--user={self.user}", "--auth-root-authentication-method=socket",
+                        "--skip-test-db"],
+                       check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [shutil.which("mariadbd", path=MARIADB_PATH), "--no-defaults", f"--datadir={self.datadir}",
+             f"--user={self.user}", f"--socket={self.socket}", f"--port={self.port}", "--bind-address=127.0.0.1",
+             f"--log-error={self.workdir / 'log'}", "--skip-log-bin",
+             "--innodb-buffer-pool-size=64M", "--innodb-flush-log-at-trx-commit=0",
+             "--character-set-server=utf8mb4", "--collation-server=utf8mb4_bin"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # mariadb-admin --wait retries the connection until the server answers.
+        self.client("mariadb-admin", "--wait=60", "ping")
+        self.client("mariadb", "-e",
+                    f"CREATE USER 'migrate'@'127.0.0.1' IDENTIFIED BY '{PG_PASSWORD}';"
+                    " GRANT ALL ON *.* TO 'migrate'@'127.0.0.1' WITH GRANT OPTION;")
+
+    def client(self, tool, *args):
+        subprocess.run([tool, "--no-defaults", f"--socket={self.socket}", "-uroot", *args],
+                       check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def stop(self):
+        self.process.kill()
+        self.process.wait()
+
+    def url(self, dbname="mysql", password=PG_PASSWORD):
+        return f"mysql+pymysql://migrate:{password}@127.0.0.1:{self.port}/{dbname}"
+
+    def admin(self, sql):
+        engine = sa.create_engine(self.url(), isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text(sql))
+        finally:
+            engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def mariadb_server():
+    if shutil.which("mariadbd", path=MARIADB_PATH) is None:
+        message = "MariaDB server not found (apt-get install -y mariadb-server)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    server = MariaDBServer(Path(tempfile.mkdtemp(prefix="migrate-mariadb-")))
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(server.workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def new_mariadb_database(mariadb_server):
+    """Make fresh, empty databases on the session's MariaDB server; return their URLs."""
+    names = []
+
+    def create():
+        names.append("t_" + uuid.uuid4().hex[:12])
+        mariadb_server.admin(f"CREATE DATABASE {names[-1]}")
+        return mariadb_server.url(names[-1])
+
+    yield create
+    for name in names:
+        mariadb_server.admin(f"DROP DATABASE IF EXISTS {name}")
 
 
 # --- the fixtures tests use -------------------------------------------------------------
