@@ -8,13 +8,12 @@ for it at start-up.
 from __future__ import annotations
 
 import sys
-import warnings
 from contextlib import closing
 from pathlib import Path
 
 import sqlalchemy as sa
 
-from .adoption import naming_problem, unnamed_only_in_database, write_env
+from .adoption import naming_problem, write_env
 from .checksums import (
     applied_dates,
     ensure_checksum_table,
@@ -339,13 +338,9 @@ def check(directory=None):
     """Exit 0 if the models match the migrations' head and the database is at head; else
     exit 1 and list each difference on a line (also when the models' constraints have no
     names, which Alembic cannot compare)"""
-    from alembic.autogenerate import compare_metadata
-    from alembic.runtime.migration import MigrationContext
-
-    from .autogenerate import describe_difference
+    from .comparison import check_lines
     from .hooks import check_options
-    from .names import NamesOnly
-    from .runner import not_our_bookkeeping, revision_label
+    from .runner import not_our_bookkeeping
 
     state = current_state()
     index = cached_index(directory)
@@ -354,32 +349,9 @@ def check(directory=None):
         from .multidb import check
 
         return check(script_heads)
-    problems = []
-    naming = naming_problem(state.metadata)  # then the comparison below cannot be trusted
-    if naming:
-        problems.append(f"naming convention: {naming}")
     with state.engine.connect() as conn:
-        context = MigrationContext.configure(
-            conn, opts=check_options(state, not_our_bookkeeping))
-        heads = context.get_current_heads()
-        if set(heads) != set(script_heads):
-            problems.append(f"database at {revision_label(heads)}, migrations' head is "
-                            f"{revision_label(script_heads)}: run `db upgrade`")
-        with warnings.catch_warnings():
-            # SQLAlchemy's reflection warnings (a foreign-key cycle, an expression index)
-            # are not differences; the lines below are what check reports.
-            warnings.simplefilter("ignore", sa.exc.SAWarning)
-            differences = NamesOnly(conn, state.metadata).differences(
-                compare_metadata(context, state.metadata))
-        for difference in differences:
-            problems += describe_difference(difference)
-        problems += unnamed_only_in_database(conn, state.metadata, context.opts)
-        if conn.dialect.name == "sqlite":  # rows no revision may be blamed for (sqlite.py)
-            from .sqlite import describe_violations, foreign_key_violations
-
-            violations = foreign_key_violations(conn)
-            if violations:
-                problems.append(f"foreign keys: {describe_violations(violations)}")
+        problems = check_lines(conn, state.metadata, check_options(state, not_our_bookkeeping),
+                               script_heads)
     if problems:
         print("\n".join(problems))
         sys.exit(1)

@@ -291,42 +291,21 @@ def check(script_heads: list[str]) -> None:
     """`db check` of a multidb history: each database against its models' tables and the
     migrations' head; exit 1 with each difference on a line, named for its database."""
     import sys
-    import warnings
 
-    from alembic.autogenerate import compare_metadata
-    from alembic.runtime.migration import MigrationContext
-
-    from .autogenerate import describe_difference
-    from .names import NamesOnly
-    from .runner import not_our_bookkeeping, revision_label
-    from .sqlite import describe_violations, foreign_key_violations
+    from .comparison import check_lines
+    from .hooks import check_options
+    from .runner import not_our_bookkeeping
 
     refuse_without_binds()
     state = current_state()
+    options = check_options(state, not_our_bookkeeping)
     problems = []
     for name in bind_names(state.app):
         bind = BindState(state, name)
-        metadata, lines = bind.metadata, []
         engine = bind.engine
         try:
             with engine.connect() as conn:
-                context = MigrationContext.configure(conn, opts={
-                    "compare_type": True, "include_name": not_our_bookkeeping,
-                    "target_metadata": metadata})
-                heads = context.get_current_heads()
-                if set(heads) != set(script_heads):
-                    lines.append(f"database at {revision_label(heads)}, migrations' head is "
-                                 f"{revision_label(script_heads)}: run `db upgrade`")
-                with warnings.catch_warnings():  # reflection warnings are no differences
-                    warnings.simplefilter("ignore", sa.exc.SAWarning)
-                    differences = NamesOnly(conn, metadata).differences(
-                        compare_metadata(context, metadata))
-                for difference in differences:
-                    lines += describe_difference(difference)
-                if conn.dialect.name == "sqlite":
-                    violations = foreign_key_violations(conn)
-                    if violations:
-                        lines.append(f"foreign keys: {describe_violations(violations)}")
+                lines = check_lines(conn, bind.metadata, options, script_heads)
         finally:
             engine.dispose()
         problems += [f"{bind_label(name)}: {line}" for line in lines]

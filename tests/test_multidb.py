@@ -185,6 +185,29 @@ def test_each_database_gets_its_tables_version_checksums_and_snapshot(shop):
     assert "bind 'users': database at " + first in output, output
 
 
+def test_check_of_each_database_keeps_the_app_options_and_names(shop):
+    """`db check` compares each database as the single-database check does: with the app's
+    include_object, and saying when the models' constraints have no names."""
+    users_db = shop.path / "users.db"
+    assert shop.db("upgrade")[0] == 0
+    with sqlite3.connect(users_db) as conn:
+        conn.execute("CREATE TABLE audit (id INTEGER PRIMARY KEY)")
+    code, output = shop.db("check")
+    assert code == 1 and "bind 'users': " in output and "audit" in output, output
+    shop.edit_module("migrate = Migrate(app, db, directory=HERE / \"migrations\")",
+                     "migrate = Migrate(app, db, directory=HERE / \"migrations\",\n"
+                     "                  include_object=lambda o, name, *a: name != \"audit\")")
+    assert shop.db("check") == (0, "The models, the migrations' head and each database agree.\n")
+
+    shop.edit_module("db = SQLAlchemy(app, metadata=metadata())", "db = SQLAlchemy(app)")
+    code, output = shop.db("check")
+    assert code == 1, output
+    lines = output.splitlines()
+    assert lines[0].startswith("the default database: naming convention: "), output
+    assert any(line.startswith("bind 'users': naming convention: ") for line in lines), output
+    assert "agree" not in output
+
+
 def test_downgrade_asks_about_each_database_rows_before_any_changes(shop):
     shop_db, users_db = shop.path / "shop.db", shop.path / "users.db"
     add_second(shop)
