@@ -65,6 +65,10 @@ def describe(exc: BaseException) -> str:
         message = f"DATABASE_URL is not a database URL ({exc})"
     elif type(exc).__name__ == "CommandError":
         message = str(exc)
+    elif type(exc).__name__ == "CompileError" and str(exc).startswith("VARCHAR requires a length"):
+        # SQLAlchemy's words for a String() without a length on MySQL (mysql_strings.py)
+        message = (f"{exc}: a String without a length, which MySQL cannot create; write "
+                   "sa.String(n) in the revision and db.String(n) in the model")
     elif isinstance(exc, OSError) and exc.errno == 28:
         message = f"disk full: {exc.strerror} ({exc.filename or 'database'})"
     else:
