@@ -171,6 +171,7 @@ def test_upgrade_of_a_revision_with_a_lengthless_string_says_what_to_write(
 
 
 def test_the_snapshot_step_says_what_protects_the_data(mariadb_project):
+    mariadb_project.add_revision("r1alters", ALTERS)
     code, out = mariadb_project.db("upgrade")
 
     assert code == 0, out
@@ -179,6 +180,7 @@ def test_the_snapshot_step_says_what_protects_the_data(mariadb_project):
     assert "db upgrade --rehearse" in line[0] and "journal" in line[0]
     assert "mariadb-dump --single-transaction" in line[0]
 
-    code, out = mariadb_project.db("downgrade", "-x", "backup=off", "-x", "yes")
+    code, out = mariadb_project.db("downgrade", "-x", "backup=off")
     assert code == 0, out
     assert "No snapshot" not in out
+    assert mariadb_project.version() == "edee0e2ae9aa"
