@@ -33,6 +33,7 @@ from contextlib import contextmanager, suppress
 import sqlalchemy as sa
 
 from .errors import MigrationError
+from .guards import is_bookkeeping
 from .progress import human_size
 from .settings import MEGABYTE, megabytes
 from .state import MigrateState
@@ -44,6 +45,8 @@ ALGORITHMS = ("INSTANT", "NOCOPY", "INPLACE", "COPY")
 NOT_SUPPORTED = (1845, 1846)
 # The server's counters of the statements that ALTER a table (CREATE/DROP INDEX are ALTERs).
 ALTER_COUNTERS = ("Com_alter_table", "Com_create_index", "Com_drop_index")
+# ER_NO_SUCH_THREAD: KILL of a session that has ended.
+UNKNOWN_THREAD = 1094
 DEFAULT_MAX_MB = 1024
 REHEARSAL_MAX_MB = "MIGRATE_REHEARSAL_MAX_MB"
 
@@ -71,10 +74,12 @@ class ScratchState(MigrateState):
     """The app's migration state, on the scratch database: its URL, and engines whose
     statements are probed for their ALTER algorithm."""
 
-    def __init__(self, state: MigrateState, url: sa.engine.URL, knows_algorithm: bool) -> None:
+    def __init__(self, state: MigrateState, url: sa.engine.URL, knows_algorithm: bool,
+                 sessions: list[int]) -> None:
         self.__dict__.update(state.__dict__)
         self.scratch_url = url
         self.knows_algorithm = knows_algorithm
+        self.sessions = sessions  # the server's ids of the connections made here
 
     @property
     def url(self) -> sa.engine.URL:
@@ -83,6 +88,14 @@ class ScratchState(MigrateState):
     def migration_engine(self, *args, **kwargs) -> sa.engine.Engine:
         engine = super().migration_engine(*args, **kwargs)
         AlgorithmProbe(self.knows_algorithm).install(engine)
+
+        def remember_session(dbapi_connection, record) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("SELECT CONNECTION_ID()")
+            self.sessions.append(cursor.fetchone()[0])
+            cursor.close()
+
+        sa.event.listen(engine, "connect", remember_session)
         return engine
 
 
@@ -98,6 +111,7 @@ def on_a_scratch_database(state: MigrateState) -> Iterator[tuple[object, Callabl
                              "available on MySQL; nothing was changed")
     engine = state.engine
     scratches: list[str] = []
+    sessions: list[int] = []  # the run's, on the scratch database
     try:
         with autocommit(engine) as conn:
             real = conn.exec_driver_sql("SELECT DATABASE()").scalar()
@@ -118,13 +132,14 @@ def on_a_scratch_database(state: MigrateState) -> Iterator[tuple[object, Callabl
 
         app = state.app
         saved = app.extensions["migrate"]
-        app.extensions["migrate"] = ScratchState(state, state.url.set(database=scratch), knows)
+        app.extensions["migrate"] = ScratchState(state, state.url.set(database=scratch), knows,
+                                                 sessions)
         try:
             yield Place(), remember
         finally:
             app.extensions["migrate"] = saved
     finally:
-        drop_databases(engine, scratches)
+        drop_databases(engine, scratches, sessions)
         engine.dispose()
     print(f"Rehearsal done: the scratch database {scratch} was dropped; {real} was not changed")
 
@@ -213,13 +228,20 @@ def knows_alter_algorithm(conn) -> bool:
     return True
 
 
-def drop_databases(engine: sa.engine.Engine, names: list[str]) -> None:
-    """Drop the rehearsal's scratch databases, on a connection of their own (the run's
-    may be broken by an interrupt)."""
+def drop_databases(engine: sa.engine.Engine, names: list[str], sessions: list[int]) -> None:
+    """Drop the rehearsal's scratch databases, on a connection of their own. The run's
+    sessions are ended first: after Ctrl-C the server would go on with a statement its
+    client no longer waits for (an ALTER copying a table), and the drop would wait for it."""
     if not names:
         return
     with engine.connect() as conn:
         raw = conn.connection.cursor()
+        for session in sessions:
+            try:
+                raw.execute("KILL CONNECTION %s", (session,))
+            except Exception as exc:
+                if error_code(exc) != UNKNOWN_THREAD:  # it had ended: nothing to stop
+                    raise
         quote = conn.dialect.identifier_preparer.quote
         for name in names:
             raw.execute(f"DROP DATABASE IF EXISTS {quote(name)}")
@@ -227,13 +249,15 @@ def drop_databases(engine: sa.engine.Engine, names: list[str]) -> None:
 
 
 def rows_lost(engine: sa.engine.Engine, kept: str, now: str) -> dict[str, int]:
-    """{table: rows} of `kept`'s copy that the table in `now` no longer holds (on common
-    columns); a table gone counts all its rows."""
+    """{table: rows} of `kept`'s copy of an app table that the table in `now` no longer
+    holds (on common columns); a table gone counts all its rows."""
     lost = {}
     with engine.connect() as conn:
         inspector = sa.inspect(conn)
         present = set(base_tables(conn, now))
         for table in base_tables(conn, kept):
+            if is_bookkeeping(table):  # alembic_version and ours: no rows of the app
+                continue
             columns = {c["name"] for c in inspector.get_columns(table, schema=kept)}
             common = ([sa.column(c) for c in sorted(columns & {
                 c["name"] for c in inspector.get_columns(table, schema=now)})]

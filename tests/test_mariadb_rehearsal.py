@@ -3,7 +3,9 @@ database's dump identical before and after, the scratch database gone, rows and 
 algorithm reported), String columns without a length named before anything is written, the
 hint on the revision that fails for one, and what the snapshot step says there."""
 import shutil
+import signal
 import subprocess
+import uuid
 
 import pytest
 import sqlalchemy as sa
@@ -184,3 +186,70 @@ def test_the_snapshot_step_says_what_protects_the_data(mariadb_project):
     assert code == 0, out
     assert "No snapshot" not in out
     assert mariadb_project.version() == "edee0e2ae9aa"
+
+
+def test_round_trip_and_downgrade_rehearsals_on_scratch_databases(mariadb_project,
+                                                                  mariadb_server):
+    project = mariadb_project
+    at_head_with_rows(project)
+    project.add_revision("r1alters", ALTERS)
+    before = dump(project, mariadb_server)
+
+    code, out = project.db("upgrade", "--round-trip")
+
+    assert code == 0, out
+    assert "Round trip: back to edee0e2ae9aa and upgrade again; every row is as" in out
+    assert dump(project, mariadb_server) == before
+    assert scratch_databases(project) == []
+
+    code, out = project.db("upgrade")
+    assert code == 0, out
+    before = dump(project, mariadb_server)
+
+    code, out = project.db("downgrade", "--rehearse")
+
+    assert code == 0, out
+    assert "Running downgrade r1alters -> edee0e2ae9aa" in out
+    assert [line for line in out.splitlines() if "DROP COLUMN dept" in line
+            and "(INSTANT)" in line], out
+    assert dump(project, mariadb_server) == before
+    assert scratch_databases(project) == []
+    assert project.version() == "r1alters"
+
+
+WAITING = '''
+def upgrade():
+    op.add_column("employee", sa.Column("dept", sa.String(40), nullable=True))
+    op.execute("SELECT GET_LOCK('LOCK_NAME', 600)")
+
+def downgrade():
+    op.drop_column("employee", "dept")
+'''
+
+
+def test_ctrl_c_during_a_rehearsal_drops_the_scratch_database(mariadb_project, mariadb_server):
+    project = mariadb_project
+    at_head_with_rows(project)
+    lock = f"test {uuid.uuid4().hex}"
+    project.add_revision("r1waits", WAITING.replace("LOCK_NAME", lock))
+    before = dump(project, mariadb_server)
+    holder = project.engine().connect()
+    holder.execute(sa.text("SELECT GET_LOCK(:lock, 600)"), {"lock": lock})
+    waiting = sa.text("SELECT count(*) FROM information_schema.PROCESSLIST WHERE INFO = :query")
+    query = {"query": f"SELECT GET_LOCK('{lock}', 600)"}
+    try:
+        run = project.db_started("upgrade", "--rehearse")
+        while project.query(waiting.text, **query) != [(1,)]:  # the server says when it waits
+            assert run.poll() is None, run.communicate()
+        assert len(scratch_databases(project)) == 1
+        run.send_signal(signal.SIGINT)
+        output, errors = run.communicate(timeout=60)
+        # Nothing of the interrupted run goes on in the server: its session was ended.
+        assert project.query(waiting.text, **query) == [(0,)]
+    finally:
+        holder.close()
+
+    assert run.returncode == 130, output + errors
+    assert errors.splitlines()[-1].startswith("Error: interrupted"), errors
+    assert scratch_databases(project) == []
+    assert dump(project, mariadb_server) == before
