@@ -253,3 +253,20 @@ def test_ctrl_c_during_a_rehearsal_drops_the_scratch_database(mariadb_project, m
     assert errors.splitlines()[-1].startswith("Error: interrupted"), errors
     assert scratch_databases(project) == []
     assert dump(project, mariadb_server) == before
+
+
+def test_rehearse_refuses_what_a_copy_of_the_tables_would_not_carry(mariadb_project):
+    project = mariadb_project
+    at_head_with_rows(project)
+    project.add_revision("r1alters", ALTERS)
+    project.execute("CREATE TRIGGER older BEFORE UPDATE ON employee FOR EACH ROW SET NEW.age = 1")
+    project.execute("CREATE VIEW adults AS SELECT id FROM employee")
+
+    code, out = project.db("upgrade", "--rehearse")
+
+    assert code == 1, out
+    assert out.strip().splitlines()[-1] == (
+        "Error: --rehearse refused: " + database_of(project) + " has adults (view), older "
+        "(trigger), which a scratch copy of its tables would not carry; nothing was copied or "
+        "changed")
+    assert scratch_databases(project) == []
