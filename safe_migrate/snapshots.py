@@ -118,9 +118,10 @@ def what_protects(url: sa.engine.URL) -> str | None:
     if url.get_backend_name() != "mysql":
         return None
     tool = shutil.which("mariadb-dump") or shutil.which("mysqldump")
-    backup = (f"for a backup first: {Path(tool).name} --single-transaction -h {url.host or 'localhost'}"
-              f"{f' -P {url.port}' if url.port else ''} -u {url.username} -p {url.database} "
-              f"> {url.database}.sql" if tool else "for a backup first, use the server's dump tool")
+    port = f" -P {url.port}" if url.port else ""
+    backup = (f"for a backup first: {Path(tool).name} --single-transaction -h "
+              f"{url.host or 'localhost'}{port} -u {url.username} -p {url.database} > "
+              f"{url.database}.sql" if tool else "for a backup first, use the server's dump tool")
     return ("No snapshot on MySQL (a server, no file to copy): what protects the data is "
             "`db upgrade --rehearse` (a scratch copy first) and the journal of each revision's "
             f"committed statements (a failed one resumes); {backup}")
