@@ -24,6 +24,7 @@ from .checksums import (
 from .connections import refuse_unsupported
 from .errors import Interrupted, MigrationError
 from .multidb import is_multidb
+from .mysql_strings import string_problem
 from .options import run_options
 from .revisions import database_heads, revision_index
 from .snapshots import (
@@ -34,6 +35,7 @@ from .snapshots import (
     rotate_snapshots,
     rows_only_in,
     take_snapshot,
+    what_protects,
 )
 from .state import current_state
 
@@ -92,6 +94,10 @@ def revision(directory=None, message=None, autogenerate=False, sql=False, head="
     opts = ["autogenerate"] if autogenerate else None
     alembic_config = config(directory, x_arg, opts, "revision")
     alembic_config.attributes["safe_migrate.plain"] = plain  # read by zero_downtime's caller
+    strings = string_problem(current_state().url, current_state().metadata) if autogenerate \
+        else None
+    if strings:  # MySQL could not run what it would write (mysql_strings.py)
+        raise MigrationError(f"{strings}; nothing was written")
     naming = naming_problem(current_state().metadata) if autogenerate else None
     if naming:  # what it writes may leave out what Alembic cannot see (see adoption.py)
         print(f"WARNING: {naming}", file=sys.stderr)
@@ -143,7 +149,16 @@ def upgrade(directory=None, revision="head", sql=False, tag=None, x_arg=None, re
         return
     from alembic import command
 
+    say_what_protects(sql, x_arg, "upgrade")
     command.upgrade(config(directory, x_arg, command="upgrade"), revision, sql=sql, tag=tag)
+
+
+def say_what_protects(sql: bool, x_arg, command: str) -> None:
+    """On MySQL, where no snapshot is taken: the snapshot step's line (snapshots.py)."""
+    line = None if sql or not run_options(x_arg, command).backup \
+        else what_protects(current_state().url)
+    if line:
+        print(line)
 
 
 def rehearse_run(kind: str, directory, revision: str, x_arg, round_trip: bool) -> None:
@@ -241,6 +256,7 @@ def downgrade(directory=None, revision="-1", sql=False, tag=None, x_arg=None, re
 
     if sql and revision == "-1":
         revision = "head:-1"
+    say_what_protects(sql, x_arg, "downgrade")
     command.downgrade(config(directory, x_arg, command="downgrade"), revision, sql=sql, tag=tag)
 
 

@@ -19,6 +19,7 @@ def check_lines(conn, metadata: sa.MetaData, options: dict, script_heads) -> lis
 
     from .adoption import naming_problem, unnamed_only_in_database
     from .autogenerate import describe_difference
+    from .mysql_strings import string_problem
     from .names import NamesOnly
     from .runner import revision_label
 
@@ -26,6 +27,9 @@ def check_lines(conn, metadata: sa.MetaData, options: dict, script_heads) -> lis
     naming = naming_problem(metadata)  # then the comparison below cannot be trusted
     if naming:
         lines.append(f"naming convention: {naming}")
+    strings = string_problem(conn.engine.url, metadata)  # MySQL could not create them
+    if strings:
+        lines.append(f"column types: {strings}")
     context = MigrationContext.configure(conn, opts={**options, "target_metadata": metadata})
     heads = context.get_current_heads()
     if set(heads) != set(script_heads):

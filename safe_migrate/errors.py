@@ -65,6 +65,9 @@ def describe(exc: BaseException) -> str:
         message = f"DATABASE_URL is not a database URL ({exc})"
     elif type(exc).__name__ == "CommandError":
         message = str(exc)
+    elif lengthless_varchar(exc):
+        message = (f"{exc}: a String without a length, which MySQL cannot create; write "
+                   "sa.String(n) in the revision and db.String(n) in the model")
     elif isinstance(exc, OSError) and exc.errno == 28:
         message = f"disk full: {exc.strerror} ({exc.filename or 'database'})"
     else:
@@ -80,6 +83,17 @@ def describe(exc: BaseException) -> str:
     if in_revision:
         message = f"{in_revision[-1].filename}, line {in_revision[-1].lineno}: {message}"
     return mask_passwords(message)
+
+
+def lengthless_varchar(exc: BaseException | None) -> bool:
+    """SQLAlchemy's CompileError for a String() without a length on MySQL (mysql_strings.py),
+    or one that carries it (a CREATE TABLE's names the table and column)."""
+    while exc is not None:
+        if type(exc).__name__ == "CompileError" and str(exc).startswith(
+                "VARCHAR requires a length"):
+            return True
+        exc = exc.__cause__
+    return False
 
 
 def show_tracebacks() -> bool:

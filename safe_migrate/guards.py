@@ -34,8 +34,8 @@ def is_system_schema(schema: str) -> bool:
 
 def app_schemas(connection) -> list[str | None]:
     """The schemas that hold the app's tables: every non-system one on PostgreSQL; SQLite's
-    main database (None)."""
-    if connection.dialect.name == "sqlite":
+    main database, and on MySQL the URL's database (None: a MySQL schema is a database)."""
+    if connection.dialect.name in ("sqlite", "mysql"):
         return [None]
     return [schema for schema in sa.inspect(connection).get_schema_names()
             if not is_system_schema(schema)]

@@ -4,7 +4,9 @@ after; on PostgreSQL the locks it took and the tables it rewrote).
 
 SQLite: on a copy of the file in a temporary folder; the real file is only read, through
 SQLite's backup API, so it stays byte-identical. PostgreSQL: in one transaction that is
-rolled back (DDL is transactional there). Nothing is recorded and no snapshot taken.
+rolled back (DDL is transactional there). MySQL and MariaDB: on a scratch database copied
+from the real one and dropped afterwards (mysql_rehearsal.py). Nothing is recorded and no
+snapshot taken.
 """
 from __future__ import annotations
 
@@ -36,7 +38,8 @@ class Place(NamedTuple):
 
 @contextmanager
 def rehearsal(state) -> Iterator[tuple[Place, Callable]]:
-    """Where a rehearsal runs: a copy of the SQLite file, or one PostgreSQL transaction.
+    """Where a rehearsal runs: a copy of the SQLite file, one PostgreSQL transaction, or a
+    scratch MySQL database.
     Yields the Place and `remember()`, which keeps the rows as they are now and returns a
     function that counts, per table, the kept rows that are gone since."""
     path = state.path
@@ -48,8 +51,13 @@ def rehearsal(state) -> Iterator[tuple[Place, Callable]]:
         with in_one_transaction(state) as where:
             yield where
         print("Rehearsal done: rolled back, the database was not changed")
+    elif state.url.get_backend_name() == "mysql":  # DDL commits there: mysql_rehearsal.py
+        from .mysql_rehearsal import on_a_scratch_database
+
+        with on_a_scratch_database(state) as where:
+            yield where
     else:
-        raise MigrationError("--rehearse works on SQLite files and PostgreSQL")
+        raise MigrationError("--rehearse works on SQLite files, PostgreSQL and MySQL")
 
 
 @contextmanager
