@@ -29,7 +29,7 @@ def database_url(uri: str | sa.engine.URL) -> sa.engine.URL:
 
 
 # The databases this package keeps its guarantees on (docs/guarantees.md).
-SUPPORTED = ("sqlite", "postgresql")
+SUPPORTED = ("sqlite", "postgresql", "mysql")
 
 
 def refuse_unsupported(url: sa.engine.URL, command: str | None) -> None:
