@@ -148,5 +148,8 @@ def check_rows_kept(connection, before: dict[Table, int], revision: str) -> dict
                 + ", ".join(f"dropped {label(connection, t)} ({rows} rows)" if t not in now
                             else f"took rows from {label(connection, t)} ({rows} -> {left} rows)"
                             for t, (rows, left) in lost.items()))
-        insist_on_yes(what, "Keep it?", "downgrade", "that revision was rolled back")
+        outcome = ("that revision was rolled back" if connection.dialect.name != "mysql" else
+                   "that revision stopped, its version not recorded; on MySQL/MariaDB what "
+                   "its DDL statements did had committed and stays")
+        insist_on_yes(what, "Keep it?", "downgrade", outcome)
     return now

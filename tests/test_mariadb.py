@@ -1,0 +1,241 @@
+"""MySQL/MariaDB: the package's guarantees on a real MariaDB server (Debian's mariadb-server,
+started by conftest's `mariadb_server`), through both CLIs: one migration at a time, a
+half-applied revision resumed after it is fixed, rows written before a DDL statement refused
+before anything runs, and an ALTER behind an open transaction that does not queue the app's
+queries. The tutorial's models use `db.String` without a length, which MySQL rejects, so
+these tests use revisions of their own."""
+import time
+
+import pytest
+import sqlalchemy as sa
+from conftest import CLIS
+
+pytestmark = pytest.mark.mariadb
+
+BASE = '''
+def upgrade():
+    op.create_table(
+        "employee",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("name", sa.String(50)),
+        sa.Column("age", sa.Integer))
+    op.execute("INSERT INTO employee (id, name, age) VALUES (1, 'ann', 30)")
+
+
+def downgrade():
+    op.drop_table("employee")
+'''
+
+ADD_DEPT = '''
+def upgrade():
+    op.add_column("employee", sa.Column("dept", sa.String(20)))
+
+
+def downgrade():
+    op.drop_column("employee", "dept")
+'''
+
+# Waits for the test's GET_LOCK('gate'): slow until the test says, with no sleep.
+SLOW = '''
+def upgrade():
+    op.execute("SELECT GET_LOCK('gate', 60)")
+    op.add_column("employee", sa.Column("dept", sa.String(20)))
+
+
+def downgrade():
+    op.drop_column("employee", "dept")
+'''
+
+HALF_FAILING = '''
+def upgrade():
+    op.add_column("employee", sa.Column("dept", sa.String(20)))
+    op.execute("UPDATE employee SET age = age + 1")
+    op.execute("THIS IS NOT SQL")
+
+
+def downgrade():
+    op.drop_column("employee", "dept")
+'''
+
+DML_FIRST = '''
+def upgrade():
+    op.execute("UPDATE employee SET age = age + 1")
+    op.add_column("employee", sa.Column("dept", sa.String(20)))
+
+
+def downgrade():
+    op.drop_column("employee", "dept")
+'''
+
+MIGRATION_LOCK_WAIT = "User lock"  # PROCESSLIST.STATE of a session waiting in GET_LOCK
+METADATA_LOCK_WAIT = "Waiting for table metadata lock"
+
+
+@pytest.fixture(params=CLIS)
+def cli(request):
+    return request.param
+
+
+@pytest.fixture
+def project(make_project, new_mariadb_database):
+    """The project on a fresh MariaDB database, its history one revision of ours, applied."""
+    project = make_project(database_url=new_mariadb_database())
+    versions = project.path / "migrations" / "versions"
+    for old in versions.glob("*.py"):
+        old.unlink()
+    (versions / "base0001_test.py").write_text(
+        "import sqlalchemy as sa\nfrom alembic import op\n\nrevision = 'base0001'\n"
+        "down_revision = None\nbranch_labels = None\ndepends_on = None\n" + BASE)
+    code, out = project.db("upgrade")
+    assert code == 0, out
+    return project
+
+
+@pytest.fixture
+def sessions(project):
+    """Connections of the test's own (the app's other sessions), closed at the end."""
+    engine = sa.create_engine(project.database_url, poolclass=sa.pool.NullPool)
+    opened = []
+
+    def connect(**options):
+        opened.append(engine.connect().execution_options(**options))
+        return opened[-1]
+
+    yield connect
+    for conn in opened:
+        conn.close()
+    engine.dispose()
+
+
+def sessions_in(conn, state):
+    """How many sessions on this database are in PROCESSLIST state `state`."""
+    return conn.execute(sa.text(
+        "SELECT count(*) FROM information_schema.PROCESSLIST"
+        " WHERE DB = DATABASE() AND STATE = :state AND ID <> CONNECTION_ID()"),
+        {"state": state}).scalar()
+
+
+def wait_until(condition, *procs, timeout=60):
+    """Poll the server until `condition()` holds; fail if a process ends first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        for proc in procs:
+            assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "timed out"
+
+
+def age(project):
+    return project.query("SELECT age FROM employee WHERE id = 1")[0][0]
+
+
+def dept_columns(project):
+    return [c for c in project.columns("employee") if c == "dept"]
+
+
+def test_two_concurrent_upgrades_apply_the_revision_once(project, sessions):
+    project.add_revision("slow0002", SLOW)
+    gate = sessions(isolation_level="AUTOCOMMIT")
+    assert gate.execute(sa.text("SELECT GET_LOCK('gate', 0)")).scalar() == 1
+    first = project.db_started("upgrade")
+    second = None
+    try:
+        wait_until(lambda: sessions_in(gate, MIGRATION_LOCK_WAIT) == 1, first)  # on the gate
+        second = project.db_started("upgrade")
+        # The second run waits on the migration lock, the first still on the gate.
+        wait_until(lambda: sessions_in(gate, MIGRATION_LOCK_WAIT) == 2, first, second)
+        gate.execute(sa.text("SELECT RELEASE_LOCK('gate')"))
+        outputs = [proc.communicate(timeout=120) for proc in (first, second)]
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert [first.returncode, second.returncode] == [0, 0], outputs
+    assert "Already at head (slow0002)" in outputs[1][0], outputs
+    assert dept_columns(project) == ["dept"]
+    assert project.version() == "slow0002"
+
+
+def test_a_half_failing_revision_says_what_committed_and_resumes_once_fixed(project):
+    path = project.add_revision("half0002", HALF_FAILING)
+    code, out = project.db("upgrade")
+    assert code != 0
+    error = out.strip().splitlines()[-1]
+    assert error.startswith("Error: ")
+    assert "1 of its statements committed and stay: 1) ALTER TABLE employee ADD COLUMN dept" \
+        in error, error
+    assert "between base0001 and half0002" in error, error
+    assert "rolled back" not in out
+    assert dept_columns(project) == ["dept"]  # the ALTER committed
+    assert age(project) == 30  # the UPDATE had not: it was undone with the failed statement
+    assert project.version() == "base0001"
+
+    path.write_text(path.read_text().replace("THIS IS NOT SQL", "SELECT 1"))
+    code, out = project.db("upgrade")
+    assert code == 0, out
+    assert dept_columns(project) == ["dept"]
+    assert age(project) == 31
+    assert project.version() == "half0002"
+    assert project.query("SELECT count(*) FROM safe_migrate_journal") == [(0,)]
+
+
+def test_a_changed_committed_statement_is_refused(project):
+    path = project.add_revision("half0002", HALF_FAILING)
+    assert project.db("upgrade")[0] != 0
+    path.write_text(path.read_text().replace('sa.String(20)', 'sa.String(30)'))
+    code, out = project.db("upgrade")
+    assert code != 0
+    assert "statement 1" in out and "put that statement back" in out, out
+    assert project.version() == "base0001"
+
+
+def test_a_half_applied_revision_blocks_a_downgrade(project):
+    project.add_revision("half0002", HALF_FAILING)
+    assert project.db("upgrade")[0] != 0
+    code, out = project.db("downgrade", "-x", "yes")
+    assert code != 0
+    assert "half0002 is half-applied" in out, out
+    assert project.tables() >= {"employee"}
+    assert project.version() == "base0001"
+
+
+def test_rows_written_before_a_ddl_statement_are_refused_before_anything_runs(project):
+    project.add_revision("dml0002", DML_FIRST)
+    code, out = project.db("upgrade")
+    assert code != 0
+    assert "refused before anything ran" in out and "UPDATE employee" in out, out
+    assert age(project) == 30
+    assert dept_columns(project) == []
+    assert project.version() == "base0001"
+
+
+def test_an_alter_behind_an_open_reader_does_not_queue_the_app(project, sessions):
+    project.add_revision("dept0002", ADD_DEPT)
+    project.env["MIGRATE_DDL_LOCK_TIMEOUT"] = "1"
+    reader = sessions()
+    reading = reader.begin()
+    reader.execute(sa.text("SELECT * FROM employee")).all()  # its transaction stays open
+    watcher = sessions(isolation_level="AUTOCOMMIT")
+    app = sessions(isolation_level="AUTOCOMMIT")
+    # Without the migration's limit the app's query would wait for the ALTER for hours:
+    # fail after 10 s instead.
+    app.execute(sa.text("SET SESSION lock_wait_timeout = 10"))
+    proc = project.db_started("upgrade")
+    try:
+        wait_until(lambda: sessions_in(watcher, METADATA_LOCK_WAIT) == 1, proc)
+        start = time.monotonic()
+        app.execute(sa.text("SELECT count(*) FROM employee")).scalar()
+        assert time.monotonic() - start < 2
+        for line in proc.stderr:
+            if "retrying" in line:
+                assert "it changed nothing" in line, line
+                break
+        reading.rollback()  # the reader ends
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert dept_columns(project) == ["dept"]
+    assert project.version() == "dept0002"
