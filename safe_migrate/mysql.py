@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import logging
 import math
 import sys
 import time
@@ -294,49 +295,63 @@ class Statements(io.StringIO):
         return len(text)
 
 
-def rendered(step, dialect) -> list[str] | None:
-    """The revision's upgrade as `--sql` renders it (Alembic's offline mode), or None when it
+def rendered(upgrade, dialect) -> list[str] | None:
+    """A revision's upgrade function as `--sql` renders it (Alembic's offline mode), or None when it
     cannot be rendered offline (it reads the database)."""
     from alembic import op as op_module
     from alembic.operations import Operations
     from alembic.runtime.migration import MigrationContext
 
     buffer = Statements()
-    context = MigrationContext.configure(dialect=dialect, opts={
-        "as_sql": True, "literal_binds": True, "output_buffer": buffer})
+    previous = logging.root.manager.disable
+    logging.disable(logging.INFO)  # Alembic's "Generating static SQL": nothing to the user
+    try:
+        context = MigrationContext.configure(dialect=dialect, opts={
+            "as_sql": True, "literal_binds": True, "output_buffer": buffer})
+    finally:
+        logging.disable(previous)
+    # Alembic's `op` is a module-level proxy of the Operations in use: this rendering's for
+    # the call, then the online run's again (public names for both since Alembic 0.x).
     outer = getattr(op_module, "_proxy", None)
     operations = Operations(context)
     operations._install_proxy()
     try:
-        step.migration_fn()
+        upgrade()
     except Exception:  # noqa: BLE001 - any error: the revision needs the live database
         return None
     finally:
         if outer is not None:
-            outer._install_proxy()  # the online run's `op` again
+            outer._install_proxy()
         else:
             operations._remove_proxy()
     return buffer.statements
 
 
+def rows_before_ddl(statements: list[str]) -> tuple[str, str] | None:
+    """The first statement that writes rows and a DDL statement after it, if there are."""
+    written = None
+    for sql in statements:
+        what = kind(sql)
+        if what == "dml" and written is None:
+            written = sql
+        elif what == "ddl" and written is not None:
+            return one_line(written)[:80], one_line(sql)[:80]
+    return None
+
+
 def refuse_rows_before_ddl(steps, dialect) -> None:
     """Refuse, before anything runs, a revision that writes rows before a DDL statement."""
     for step in steps:
-        statements = rendered(step, dialect)
+        statements = rendered(step.migration_fn, dialect)
         if statements is None:
             print(f"WARNING: {step.revision.revision} could not be rendered offline, so "
                   "whether it writes rows before a DDL statement was not checked",
                   file=sys.stderr)
             continue
-        written = None
-        for sql in statements:
-            what = kind(sql)
-            if what == "dml" and written is None:
-                written = sql
-            elif what == "ddl" and written is not None:
-                raise MigrationError(
-                    f"{step.revision.path}: refused before anything ran: it writes rows "
-                    f"({one_line(written)[:80]}) before a DDL statement ({one_line(sql)[:80]}), "
-                    "whose implicit commit on MySQL/MariaDB would keep them even if the "
-                    "revision failed later; move the data change after the DDL or into a "
-                    "revision of its own")
+        found = rows_before_ddl(statements)
+        if found is not None:
+            raise MigrationError(
+                f"{step.revision.path}: refused before anything ran: it writes rows "
+                f"({found[0]}) before a DDL statement ({found[1]}), whose implicit commit on "
+                "MySQL/MariaDB would keep them even if the revision failed later; move the "
+                "data change after the DDL or into a revision of its own")

@@ -400,7 +400,8 @@ class Run:
     def before_revisions(self, heads, steps) -> None:
         """The last checks, the question and the snapshot, before the first revision runs."""
         upgrade = steps[0].is_upgrade
-        if upgrade and not self.had_version_table:
+        if upgrade and not self.had_version_table and not (
+                self.journaled and journal.half_applied(self.connection)):  # resumed
             refuse_unversioned_database(self.connection)
         destination = destination_label(steps)
         dropped = {} if upgrade else guards.rows_to_be_dropped(

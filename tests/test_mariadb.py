@@ -10,7 +10,10 @@ import pytest
 import sqlalchemy as sa
 from conftest import CLIS
 
-pytestmark = pytest.mark.mariadb
+from safe_migrate.mysql import LOCK_NAME, kind, rows_before_ddl
+from safe_migrate.settings import Settings
+
+mariadb = pytest.mark.mariadb
 
 BASE = '''
 def upgrade():
@@ -76,16 +79,29 @@ def cli(request):
     return request.param
 
 
-@pytest.fixture
-def project(make_project, new_mariadb_database):
-    """The project on a fresh MariaDB database, its history one revision of ours, applied."""
-    project = make_project(database_url=new_mariadb_database())
-    versions = project.path / "migrations" / "versions"
-    for old in versions.glob("*.py"):
-        old.unlink()
-    (versions / "base0001_test.py").write_text(
+def write_base(project, body=BASE):
+    """The history's first revision, base0001."""
+    path = project.path / "migrations" / "versions" / "base0001_test.py"
+    path.write_text(
         "import sqlalchemy as sa\nfrom alembic import op\n\nrevision = 'base0001'\n"
-        "down_revision = None\nbranch_labels = None\ndepends_on = None\n" + BASE)
+        "down_revision = None\nbranch_labels = None\ndepends_on = None\n" + body)
+    return path
+
+
+@pytest.fixture
+def fresh_project(make_project, new_mariadb_database):
+    """The project on a fresh MariaDB database, with none of the tutorial's revisions."""
+    project = make_project(database_url=new_mariadb_database())
+    for old in (project.path / "migrations" / "versions").glob("*.py"):
+        old.unlink()
+    return project
+
+
+@pytest.fixture
+def project(fresh_project):
+    """The project on a fresh MariaDB database, its history one revision of ours, applied."""
+    project = fresh_project
+    write_base(project)
     code, out = project.db("upgrade")
     assert code == 0, out
     return project
@@ -132,6 +148,7 @@ def dept_columns(project):
     return [c for c in project.columns("employee") if c == "dept"]
 
 
+@mariadb
 def test_two_concurrent_upgrades_apply_the_revision_once(project, sessions):
     project.add_revision("slow0002", SLOW)
     gate = sessions(isolation_level="AUTOCOMMIT")
@@ -156,6 +173,7 @@ def test_two_concurrent_upgrades_apply_the_revision_once(project, sessions):
     assert project.version() == "slow0002"
 
 
+@mariadb
 def test_a_half_failing_revision_says_what_committed_and_resumes_once_fixed(project):
     path = project.add_revision("half0002", HALF_FAILING)
     code, out = project.db("upgrade")
@@ -179,6 +197,7 @@ def test_a_half_failing_revision_says_what_committed_and_resumes_once_fixed(proj
     assert project.query("SELECT count(*) FROM safe_migrate_journal") == [(0,)]
 
 
+@mariadb
 def test_a_changed_committed_statement_is_refused(project):
     path = project.add_revision("half0002", HALF_FAILING)
     assert project.db("upgrade")[0] != 0
@@ -189,6 +208,7 @@ def test_a_changed_committed_statement_is_refused(project):
     assert project.version() == "base0001"
 
 
+@mariadb
 def test_a_half_applied_revision_blocks_a_downgrade(project):
     project.add_revision("half0002", HALF_FAILING)
     assert project.db("upgrade")[0] != 0
@@ -199,6 +219,7 @@ def test_a_half_applied_revision_blocks_a_downgrade(project):
     assert project.version() == "base0001"
 
 
+@mariadb
 def test_rows_written_before_a_ddl_statement_are_refused_before_anything_runs(project):
     project.add_revision("dml0002", DML_FIRST)
     code, out = project.db("upgrade")
@@ -209,6 +230,7 @@ def test_rows_written_before_a_ddl_statement_are_refused_before_anything_runs(pr
     assert project.version() == "base0001"
 
 
+@mariadb
 def test_an_alter_behind_an_open_reader_does_not_queue_the_app(project, sessions):
     project.add_revision("dept0002", ADD_DEPT)
     project.env["MIGRATE_DDL_LOCK_TIMEOUT"] = "1"
@@ -239,3 +261,69 @@ def test_an_alter_behind_an_open_reader_does_not_queue_the_app(project, sessions
     assert proc.returncode == 0, err
     assert dept_columns(project) == ["dept"]
     assert project.version() == "dept0002"
+
+
+@mariadb
+def test_a_half_failing_first_revision_resumes_on_an_empty_database(fresh_project):
+    project = fresh_project
+    path = write_base(project, BASE.replace(
+        '    op.execute("INSERT', '    op.create_index("ix_age", "employee", ["age"])\n'
+        '    op.execute("THIS IS NOT SQL")\n    op.execute("INSERT'))
+    code, out = project.db("upgrade")
+    assert code != 0
+    assert "2 of its statements committed and stay" in out and "rolled back" not in out, out
+    assert "between base and base0001" in out, out
+    path.write_text(path.read_text().replace('    op.execute("THIS IS NOT SQL")\n', ""))
+    code, out = project.db("upgrade")
+    assert code == 0, out
+    assert project.version() == "base0001"
+    assert age(project) == 30
+
+
+@mariadb
+def test_a_run_that_cannot_get_the_lock_names_the_holder(project, sessions):
+    holder = sessions(isolation_level="AUTOCOMMIT")
+    assert holder.execute(sa.text(f"SELECT GET_LOCK({LOCK_NAME}, 0)")).scalar() == 1
+    me = holder.execute(sa.text("SELECT CONNECTION_ID()")).scalar()
+    project.add_revision("dept0002", ADD_DEPT)
+    code, out = project.db("upgrade", env={"MIGRATE_LOCK_TIMEOUT": "1"})
+    assert code == 1
+    line = out.strip().splitlines()[-1]
+    assert line.startswith(f"Error: another migration of this database is running (connection "
+                           f"{me}, migrate from "), line
+    assert line.endswith("gave up after 1 s (MIGRATE_LOCK_TIMEOUT)"), line
+    assert dept_columns(project) == []
+
+
+@pytest.mark.parametrize(("sql", "expected"), [
+    ("ALTER TABLE employee ADD COLUMN dept VARCHAR(20)", "ddl"),
+    ("CREATE INDEX ix ON employee (age)", "ddl"),
+    ("DROP TABLE employee", "ddl"),
+    ("TRUNCATE TABLE employee", "ddl"),
+    ("RENAME TABLE employee TO staff", "ddl"),
+    ("UPDATE employee SET age = age + 1", "dml"),
+    ("INSERT INTO employee (id) VALUES (2)", "dml"),
+    ("DELETE FROM employee", "dml"),
+    ("REPLACE INTO employee (id) VALUES (2)", "dml"),
+    ("SELECT GET_LOCK('gate', 60)", None),
+    ("THIS IS NOT SQL", None),
+])
+def test_statements_are_classified_by_the_parser(sql, expected):
+    assert kind(sql) == expected
+
+
+def test_rows_before_ddl_is_the_first_write_before_a_later_ddl():
+    assert rows_before_ddl(["ALTER TABLE t ADD COLUMN c INT", "UPDATE t SET c = 1"]) is None
+    assert rows_before_ddl(["SELECT 1", "UPDATE t SET c = 1", "SELECT 2",
+                            "ALTER TABLE t ADD COLUMN d INT"]) == (
+        "UPDATE t SET c = 1", "ALTER TABLE t ADD COLUMN d INT")
+
+
+def test_the_ddl_lock_timeout_has_one_name_for_every_database(monkeypatch):
+    monkeypatch.delenv("MIGRATE_DDL_LOCK_TIMEOUT", raising=False)
+    monkeypatch.delenv("MIGRATE_PG_LOCK_TIMEOUT", raising=False)
+    assert Settings().ddl_lock_timeout == 2.0
+    monkeypatch.setenv("MIGRATE_PG_LOCK_TIMEOUT", "3")  # the older, PostgreSQL name
+    assert (Settings().ddl_lock_timeout, Settings().pg_lock_timeout) == (3.0, 3.0)
+    monkeypatch.setenv("MIGRATE_DDL_LOCK_TIMEOUT", "1.5")  # wins, on PostgreSQL too
+    assert (Settings().ddl_lock_timeout, Settings().pg_lock_timeout) == (1.5, 1.5)
