@@ -70,6 +70,8 @@ def migration_engine(url: sa.engine.URL, path: Path | None, settings: Settings,
         client = f"safe_migrate pid {os.getpid()} on {socket.gethostname()}"[:63]
         connect_args.setdefault("application_name", client)
         connect_args.setdefault("connect_timeout", settings.connect_timeout)
+    elif backend == "mysql":
+        connect_args.setdefault("connect_timeout", settings.connect_timeout)  # PyMySQL's too
     engine = sa.create_engine(url, connect_args=connect_args, **options)
     if backend == "sqlite":
         sqlite.install(engine, guard if path is not None else None, budget)
