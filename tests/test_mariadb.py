@@ -327,3 +327,17 @@ def test_the_ddl_lock_timeout_has_one_name_for_every_database(monkeypatch):
     assert (Settings().ddl_lock_timeout, Settings().pg_lock_timeout) == (3.0, 3.0)
     monkeypatch.setenv("MIGRATE_DDL_LOCK_TIMEOUT", "1.5")  # wins, on PostgreSQL too
     assert (Settings().ddl_lock_timeout, Settings().pg_lock_timeout) == (1.5, 1.5)
+
+
+@mariadb
+def test_db_lint_names_rows_written_before_a_ddl_statement(project):
+    project.add_revision("dml0002", DML_FIRST)
+    code, out = project.db("lint", "dml0002")
+    assert code == 1
+    assert "dml0002_test.py:" in out and "mysql-rows-before-ddl" in out, out
+    assert "UPDATE employee SET age = age + 1" in out, out
+    (project.path / "migrations" / "versions" / "dml0002_test.py").unlink()
+    project.add_revision("dept0002", ADD_DEPT)
+    code, out = project.db("lint", "dept0002")
+    assert code == 0, out
+    assert age(project) == 30
