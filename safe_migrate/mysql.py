@@ -155,7 +155,7 @@ def statement_hash(construct, dialect, multiparams, params) -> tuple[str, str]:
 
 
 class Journaled:
-    """One run of a revision's upgrade on MySQL/MariaDB. Alembic runs each of a revision's
+    """One run of a revision's upgrade (or downgrade) on MySQL/MariaDB. Alembic runs each of its
     operations through `impl._exec` (its name since 0.x), one statement each; here that is
     replaced for the revision's run alone (not for Alembic's version-table update after it),
     so that every statement is counted, skipped when the journal says it committed in an
@@ -163,13 +163,17 @@ class Journaled:
     committed (outside a transaction after it: a DDL statement, with whatever was before)."""
 
     def __init__(self, connection, settings: Settings, label: str, revision: str,
-                 between: str) -> None:
+                 between: str, upgrade: bool = True) -> None:
         self.connection = connection
         self.settings = settings
         self.label = label
         self.revision = revision
         self.between = between
-        self.done = journal.committed(connection, revision)  # [(sha256, text)] by index
+        # A downgrade is retried on lock waits and says what committed, but is not journaled
+        # (the journal resumes upgrades): it starts from nothing each time.
+        self.upgrade = upgrade
+        # [(sha256, text)] by index: what committed, in an earlier run or this one
+        self.done = journal.committed(connection, revision) if upgrade else []
         self.index = 0
         self.pending: list[tuple[int, str, str]] = []  # run, not yet committed
 
@@ -215,7 +219,8 @@ class Journaled:
         self.pending.append((index, digest, text))
         raw = self.connection.connection.dbapi_connection
         if not raw.server_status & IN_TRANSACTION:  # it committed, with all before it
-            journal.record(self.connection, self.revision, self.pending)
+            if self.upgrade:
+                journal.record(self.connection, self.revision, self.pending)
             self.done += [(d, t) for _, d, t in self.pending]
             self.pending = []
         return result
@@ -225,20 +230,22 @@ class Journaled:
         what = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
         reason = one_line(str(what)) or type(what).__name__
         done = "; ".join(f"{n}) {t}" for n, (_, t) in enumerate(self.done, 1))
+        then = ("fix the revision and run `db upgrade` again, which skips the statements "
+                "that committed" if self.upgrade else
+                "a downgrade run again would run them again: undo the rest by hand, or redo "
+                "them and stay at the revision")
         return (f"{self.label} failed ({reason}); {len(self.done)} of its statements "
                 f"committed and stay: {done}; the database is between {self.between} (its "
-                "version is not recorded): fix the revision and run `db upgrade` again, which "
-                "skips the statements that committed")
+                f"version is not recorded): {then}")
 
 
 def journaled(run, connection, settings: Settings, label: str, step, migration_context):
-    """`run` (a revision's upgrade) through Journaled; a downgrade runs as it is."""
-    if not step.is_upgrade:
-        return run
-    between = f"{journal.label(step.from_revisions)} and {step.revision.revision}"
+    """`run` (a revision's upgrade or downgrade) through Journaled."""
+    between = f"{journal.label(step.from_revisions)} and {journal.label(step.to_revisions)}"
 
     def run_journaled(**kwargs):
-        statements = Journaled(connection, settings, label, step.revision.revision, between)
+        statements = Journaled(connection, settings, label, step.revision.revision, between,
+                               step.is_upgrade)
         try:
             with statements.installed(migration_context):
                 return run(**kwargs)

@@ -4,6 +4,7 @@ half-applied revision resumed after it is fixed, rows written before a DDL state
 before anything runs, and an ALTER behind an open transaction that does not queue the app's
 queries. The tutorial's models use `db.String` without a length, which MySQL rejects, so
 these tests use revisions of their own."""
+import signal
 import time
 
 import pytest
@@ -68,6 +69,28 @@ def upgrade():
 
 def downgrade():
     op.drop_column("employee", "dept")
+'''
+
+COLUMN_THEN_WAITING = '''
+def upgrade():
+    op.add_column("employee", sa.Column("dept", sa.String(20)))
+    op.execute("SELECT GET_LOCK('gate', 60)")
+    op.add_column("employee", sa.Column("room", sa.String(20)))
+
+
+def downgrade():
+    op.drop_column("employee", "room")
+    op.drop_column("employee", "dept")
+'''
+
+HALF_FAILING_DOWN = '''
+def upgrade():
+    op.add_column("employee", sa.Column("dept", sa.String(20)))
+
+
+def downgrade():
+    op.drop_column("employee", "dept")
+    op.execute("THIS IS NOT SQL")
 '''
 
 MIGRATION_LOCK_WAIT = "User lock"  # PROCESSLIST.STATE of a session waiting in GET_LOCK
@@ -341,3 +364,41 @@ def test_db_lint_names_rows_written_before_a_ddl_statement(project):
     code, out = project.db("lint", "dept0002")
     assert code == 0, out
     assert age(project) == 30
+
+
+@mariadb
+def test_a_half_failing_downgrade_says_what_committed(project):
+    project.add_revision("down0002", HALF_FAILING_DOWN)
+    assert project.db("upgrade")[0] == 0
+    code, out = project.db("downgrade")
+    assert code != 0
+    error = out.strip().splitlines()[-1]
+    assert "1 of its statements committed and stay: 1) ALTER TABLE employee DROP COLUMN dept" \
+        in error, error
+    assert "between down0002 and base0001" in error and "rolled back" not in out, error
+    assert dept_columns(project) == []
+    assert project.version() == "down0002"
+
+
+@mariadb
+def test_ctrl_c_says_which_statements_committed(project, sessions):
+    project.add_revision("wait0002", COLUMN_THEN_WAITING)
+    gate = sessions(isolation_level="AUTOCOMMIT")
+    assert gate.execute(sa.text("SELECT GET_LOCK('gate', 0)")).scalar() == 1
+    run = project.db_started("upgrade")
+    try:
+        wait_until(lambda: sessions_in(gate, MIGRATION_LOCK_WAIT) == 1, run)
+        run.send_signal(signal.SIGINT)
+        _, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 130, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(
+        "Error: interrupted during the upgrade of wait0002: its statements that had committed "
+        "stay (1) ALTER TABLE employee ADD COLUMN dept VARCHAR(20)"), line
+    assert "rolled back" not in err
+    assert dept_columns(project) == ["dept"]
+    assert project.version() == "base0001"
