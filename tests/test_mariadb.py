@@ -93,6 +93,16 @@ def downgrade():
     op.execute("THIS IS NOT SQL")
 '''
 
+AUDIT = """
+def upgrade():
+    op.create_table("audit", sa.Column("id", sa.Integer, primary_key=True))
+    op.execute("INSERT INTO audit (id) VALUES (1), (2)")
+
+
+def downgrade():
+    op.execute("DROP TABLE audit")
+"""
+
 MIGRATION_LOCK_WAIT = "User lock"  # PROCESSLIST.STATE of a session waiting in GET_LOCK
 METADATA_LOCK_WAIT = "Waiting for table metadata lock"
 
@@ -402,3 +412,16 @@ def test_ctrl_c_says_which_statements_committed(project, sessions):
     assert "rolled back" not in err
     assert dept_columns(project) == ["dept"]
     assert project.version() == "base0001"
+
+
+@mariadb
+def test_rows_dropped_by_sql_unasked_are_not_called_rolled_back(project):
+    project.add_revision("audit0002", AUDIT)
+    assert project.db("upgrade")[0] == 0
+    code, out = project.db("downgrade")
+    assert code != 0
+    line = out.strip().splitlines()[-1]
+    assert "dropped audit (2 rows)" in line and "rolled back" not in out, line
+    assert "its DDL statements had committed and the loss stays" in line, line
+    assert "audit" not in project.tables()
+    assert project.version() == "audit0002"
