@@ -127,17 +127,31 @@ def is_lock_wait_timeout(exc: BaseException) -> bool:
 
 
 def blockers(connection: sa.engine.Connection) -> str:
-    """The other sessions with an open transaction (INNODB_TRX), which may hold the table's
-    metadata lock: the server's timeout does not say which session it waited for."""
-    rows = connection.execute(sa.text(
-        "SELECT p.ID, p.USER, p.COMMAND, p.TIME, t.trx_started"
-        " FROM information_schema.INNODB_TRX t"
-        " JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id"
-        " WHERE p.ID <> CONNECTION_ID() ORDER BY p.ID")).all()
-    if not rows:
-        return "a session that has ended"
-    return ", ".join(f"connection {r.ID} ({r.USER}, {r.COMMAND}, transaction open since "
-                     f"{r.trx_started:%H:%M:%S})" for r in rows)
+    """The other sessions that may hold the table's lock: the server's timeout does not say
+    which session it waited for. MariaDB's metadata_lock_info plugin, where it is loaded,
+    says who holds a metadata lock on which table of this database; else the sessions with
+    an open transaction (INNODB_TRX), which is what holds a metadata lock past a statement."""
+    plugin = connection.execute(sa.text(
+        "SELECT count(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA ="
+        " 'information_schema' AND TABLE_NAME = 'METADATA_LOCK_INFO'")).scalar()
+    if plugin:
+        rows = connection.execute(sa.text(
+            "SELECT p.ID, p.USER, p.COMMAND, p.TIME, m.LOCK_MODE, m.TABLE_NAME"
+            " FROM information_schema.METADATA_LOCK_INFO m"
+            " JOIN information_schema.PROCESSLIST p ON p.ID = m.THREAD_ID"
+            " WHERE m.TABLE_SCHEMA = DATABASE() AND m.LOCK_TYPE = 'Table metadata lock'"
+            " AND p.ID <> CONNECTION_ID() ORDER BY p.ID, m.TABLE_NAME")).all()
+        held = [f"connection {r.ID} ({r.USER}, {r.COMMAND} for {r.TIME} s, {r.LOCK_MODE} on "
+                f"{r.TABLE_NAME})" for r in rows]
+    else:
+        rows = connection.execute(sa.text(
+            "SELECT p.ID, p.USER, p.COMMAND, p.TIME, t.trx_started"
+            " FROM information_schema.INNODB_TRX t"
+            " JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id"
+            " WHERE p.ID <> CONNECTION_ID() ORDER BY p.ID")).all()
+        held = [f"connection {r.ID} ({r.USER}, {r.COMMAND} for {r.TIME} s, transaction open "
+                f"since {r.trx_started:%H:%M:%S})" for r in rows]
+    return ", ".join(held) or "a session that has ended"
 
 
 # --- a revision run statement by statement ------------------------------------------------

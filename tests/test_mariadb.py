@@ -264,12 +264,25 @@ def test_rows_written_before_a_ddl_statement_are_refused_before_anything_runs(pr
 
 
 @mariadb
-def test_an_alter_behind_an_open_reader_does_not_queue_the_app(project, sessions):
+@pytest.mark.parametrize("plugin", [False, True], ids=["innodb_trx", "metadata_lock_info"])
+def test_an_alter_behind_an_open_reader_does_not_queue_the_app(project, sessions, plugin,
+                                                                mariadb_server):
+    if plugin:  # MariaDB's plugin that names who holds which metadata lock
+        mariadb_server.admin("INSTALL SONAME 'metadata_lock_info'")
+    try:
+        alter_behind_an_open_reader(project, sessions, plugin)
+    finally:
+        if plugin:
+            mariadb_server.admin("UNINSTALL SONAME 'metadata_lock_info'")
+
+
+def alter_behind_an_open_reader(project, sessions, plugin):
     project.add_revision("dept0002", ADD_DEPT)
     project.env["MIGRATE_DDL_LOCK_TIMEOUT"] = "1"
     reader = sessions()
     reading = reader.begin()
     reader.execute(sa.text("SELECT * FROM employee")).all()  # its transaction stays open
+    reader_id = reader.execute(sa.text("SELECT CONNECTION_ID()")).scalar()
     watcher = sessions(isolation_level="AUTOCOMMIT")
     app = sessions(isolation_level="AUTOCOMMIT")
     # Without the migration's limit the app's query would wait for the ALTER for hours:
@@ -284,6 +297,9 @@ def test_an_alter_behind_an_open_reader_does_not_queue_the_app(project, sessions
         for line in proc.stderr:
             if "retrying" in line:
                 assert "it changed nothing" in line, line
+                held = "MDL_SHARED_READ on employee" if plugin else "transaction open since"
+                assert f"held by connection {reader_id} (migrate, Sleep for " in line, line
+                assert held in line, line
                 break
         reading.rollback()  # the reader ends
         _, err = proc.communicate(timeout=120)
