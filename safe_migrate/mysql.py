@@ -9,8 +9,8 @@ This module owns:
   `max_statement_time` (MariaDB, seconds) or `max_execution_time` (MySQL, ms) from the
   statement timeout when one is set;
 - a revision's run statement by statement (`Journaled`): a lock wait timeout (1205: the
-  statement changed nothing) is retried with backoff, naming the sessions with open
-  transactions; every statement that committed is journaled (journal.py), a resumed
+  statement changed nothing) is retried with backoff, naming the sessions that hold the
+  table (`blockers`); every statement that committed is journaled (journal.py), a resumed
   revision skips the statements its journal says committed, and a failure says what stays;
 - the check before anything runs that a revision writes no row before a DDL statement (the
   DDL's implicit commit would keep those rows even if the revision later failed).
@@ -55,7 +55,11 @@ def migration_lock(engine: sa.engine.Engine, budget: WaitBudget) -> Iterator[Non
     """Hold the database's migration lock (GET_LOCK on a connection of its own) for the
     block; wait up to what is left of MIGRATE_LOCK_TIMEOUT for another run to end."""
     with engine.connect() as conn:
+        # The lock lasts as long as this session: no server limit may end it while the
+        # revisions run on another connection.
         conn.exec_driver_sql("SET SESSION wait_timeout = %s", (LONGEST_IDLE,))
+        conn.exec_driver_sql("SET SESSION max_statement_time = 0" if conn.dialect.is_mariadb
+                             else "SET SESSION max_execution_time = 0")
         commit_reads(conn)
         with budget.spend():
             got = conn.execute(sa.text(f"SELECT GET_LOCK({LOCK_NAME}, :seconds)"),
