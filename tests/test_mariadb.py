@@ -4,12 +4,16 @@ half-applied revision resumed after it is fixed, rows written before a DDL state
 before anything runs, and an ALTER behind an open transaction that does not queue the app's
 queries. The tutorial's models use `db.String` without a length, which MySQL rejects, so
 these tests use revisions of their own."""
+import shutil
 import signal
+import tempfile
 import time
+import uuid
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import CLIS
+from conftest import CLIS, MariaDBServer
 
 from safe_migrate.mysql import LOCK_NAME, kind, rows_before_ddl
 from safe_migrate.settings import Settings
@@ -119,6 +123,42 @@ def write_base(project, body=BASE):
         "import sqlalchemy as sa\nfrom alembic import op\n\nrevision = 'base0001'\n"
         "down_revision = None\nbranch_labels = None\ndepends_on = None\n" + body)
     return path
+
+
+@pytest.fixture
+def lock_info_plugin(request):
+    """Whether the test's server has MariaDB's metadata_lock_info plugin (parametrized
+    indirectly; off unless a test asks)."""
+    return getattr(request, "param", False)
+
+
+@pytest.fixture(scope="module")
+def mariadb_with_lock_info():
+    """A second throwaway server, with metadata_lock_info loaded for good: a server whose
+    plugin was unloaded again (UNINSTALL SONAME) crashed in a later test here."""
+    server = MariaDBServer(Path(tempfile.mkdtemp(prefix="migrate-mariadb-")))
+    server.start()
+    server.admin("INSTALL SONAME 'metadata_lock_info'")
+    yield server
+    server.stop()
+    shutil.rmtree(server.workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def new_mariadb_database(request, lock_info_plugin):
+    """conftest's, on the server with the plugin where the test asks for it."""
+    server = request.getfixturevalue("mariadb_with_lock_info" if lock_info_plugin
+                                     else "mariadb_server")
+    names = []
+
+    def create():
+        names.append("t_" + uuid.uuid4().hex[:12])
+        server.admin(f"CREATE DATABASE {names[-1]}")
+        return server.url(names[-1])
+
+    yield create
+    for name in names:
+        server.admin(f"DROP DATABASE IF EXISTS {name}")
 
 
 @pytest.fixture
@@ -264,19 +304,10 @@ def test_rows_written_before_a_ddl_statement_are_refused_before_anything_runs(pr
 
 
 @mariadb
-@pytest.mark.parametrize("plugin", [False, True], ids=["innodb_trx", "metadata_lock_info"])
-def test_an_alter_behind_an_open_reader_does_not_queue_the_app(project, sessions, plugin,
-                                                                mariadb_server):
-    if plugin:  # MariaDB's plugin that names who holds which metadata lock
-        mariadb_server.admin("INSTALL SONAME 'metadata_lock_info'")
-    try:
-        alter_behind_an_open_reader(project, sessions, plugin)
-    finally:
-        if plugin:
-            mariadb_server.admin("UNINSTALL SONAME 'metadata_lock_info'")
-
-
-def alter_behind_an_open_reader(project, sessions, plugin):
+@pytest.mark.parametrize("lock_info_plugin", [False, True], indirect=True,
+                         ids=["innodb_trx", "metadata_lock_info"])
+def test_an_alter_behind_an_open_reader_does_not_queue_the_app(project, sessions,
+                                                                lock_info_plugin):
     project.add_revision("dept0002", ADD_DEPT)
     project.env["MIGRATE_DDL_LOCK_TIMEOUT"] = "1"
     reader = sessions()
@@ -297,7 +328,8 @@ def alter_behind_an_open_reader(project, sessions, plugin):
         for line in proc.stderr:
             if "retrying" in line:
                 assert "it changed nothing" in line, line
-                held = "MDL_SHARED_READ on employee" if plugin else "transaction open since"
+                held = ("MDL_SHARED_READ on employee" if lock_info_plugin
+                        else "transaction open since")
                 assert f"held by connection {reader_id} (migrate, Sleep for " in line, line
                 assert held in line, line
                 break
