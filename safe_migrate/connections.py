@@ -3,7 +3,7 @@
 Each command makes its own engine from the app's database URL (never the app's engine, which
 stays exactly as Flask-SQLAlchemy made it: no listener, pragma, BEGIN mode or timeout of ours
 reaches a web request, `flask shell` or the app's tests). The backend's module
-(sqlite.py, postgres.py) puts its settings on that engine alone. With a wait budget it is the
+(sqlite.py, postgres.py, mysql.py) puts its settings on that engine alone. With a wait budget it is the
 engine of a migration run: its transactions take the write lock and its lock waits are
 bounded by MIGRATE_LOCK_TIMEOUT; without one, it only reads.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from . import postgres, sqlite
+from . import mysql, postgres, sqlite
 from .errors import MigrationError
 from .locks import WaitBudget
 from .settings import Settings
@@ -70,9 +70,13 @@ def migration_engine(url: sa.engine.URL, path: Path | None, settings: Settings,
         client = f"safe_migrate pid {os.getpid()} on {socket.gethostname()}"[:63]
         connect_args.setdefault("application_name", client)
         connect_args.setdefault("connect_timeout", settings.connect_timeout)
+    elif backend == "mysql":
+        connect_args.setdefault("connect_timeout", settings.connect_timeout)  # PyMySQL's too
     engine = sa.create_engine(url, connect_args=connect_args, **options)
     if backend == "sqlite":
         sqlite.install(engine, guard if path is not None else None, budget)
     elif backend == "postgresql" and budget is not None:
         postgres.install(engine, settings)
+    elif backend == "mysql" and budget is not None:
+        mysql.install(engine, settings)
     return engine

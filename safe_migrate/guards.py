@@ -148,5 +148,9 @@ def check_rows_kept(connection, before: dict[Table, int], revision: str) -> dict
                 + ", ".join(f"dropped {label(connection, t)} ({rows} rows)" if t not in now
                             else f"took rows from {label(connection, t)} ({rows} -> {left} rows)"
                             for t, (rows, left) in lost.items()))
-        insist_on_yes(what, "Keep it?", "downgrade", "that revision was rolled back")
+        outcome = ("that revision was rolled back" if connection.dialect.name != "mysql" else
+                   "that revision stopped, its version not recorded, but on MySQL/MariaDB "
+                   "its DDL statements had committed and the loss stays (`db stamp` records "
+                   "where the database is)")
+        insist_on_yes(what, "Keep it?", "downgrade", outcome)
     return now

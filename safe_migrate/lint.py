@@ -76,6 +76,9 @@ RULES = {
     "sqlite-table-copy":
         "use only what SQLite's ALTER TABLE does in place (add_column, drop_column of an "
         "unindexed column, rename), or waive it for a maintenance window",
+    "mysql-rows-before-ddl":
+        "move the data change after the DDL, or into a revision of its own: MySQL and MariaDB "
+        "commit at each DDL statement, keeping the rows even if the revision fails later",
     "syntax-error":
         "fix the SQL: PostgreSQL's parser cannot read it",
     "invalid-waiver":
@@ -492,6 +495,23 @@ def lint_sqlite(config, script, chosen, metadata) -> list[Finding]:
     return found
 
 
+def lint_mysql(chosen, dialect) -> list[Finding]:
+    """MySQL/MariaDB: a revision that writes rows before a DDL statement (mysql.py, the
+    check `db upgrade` makes before anything runs), found at its upgrade function."""
+    from . import mysql
+
+    found = []
+    for script in chosen:
+        upgrade = script.module.upgrade
+        statements = mysql.rendered(upgrade, dialect)
+        hit = mysql.rows_before_ddl(statements) if statements is not None else None
+        if hit is not None:
+            found.append(Finding("mysql-rows-before-ddl", os.path.realpath(script.path),
+                                 upgrade.__code__.co_firstlineno,
+                                 f"writes rows ({hit[0]}) before a DDL statement ({hit[1]})"))
+    return found
+
+
 def table_sizes(engine, tables: set) -> dict | None:
     """{(schema, name): 'N rows, SIZE'} from the database, or None when it is unreachable."""
     try:
@@ -535,10 +555,13 @@ def lint(config, state, revisions=(), since=None, output="text") -> int:
         found = lint_postgresql(config, script, chosen, since)
     elif backend == "sqlite":
         found = lint_sqlite(config, script, chosen, state.metadata)
+    elif backend == "mysql":
+        found = lint_mysql(chosen, state.url.get_dialect()())
     else:
-        raise MigrationError(f"db lint knows PostgreSQL and SQLite, not {backend}")
+        raise MigrationError(f"db lint knows PostgreSQL, SQLite and MySQL, not {backend}")
     found = waived(found, [os.path.realpath(s.path) for s in chosen])
-    reachable = backend == "postgresql" or (state.path is not None and state.path.exists())
+    reachable = backend in ("postgresql", "mysql") or (state.path is not None
+                                                      and state.path.exists())
     sizes = table_sizes(state.engine, {f.table for f in found if f.table}) if reachable \
         else None
     for finding in found:

@@ -2,7 +2,7 @@
 
 SQLite: an exclusive flock on `<database>.migration-lock` beside the file (SQLite's own write
 lock lasts one transaction, and a run is one transaction per revision), removed when the run
-ends. PostgreSQL: a session advisory lock. Local filesystems only, as SQLite itself.
+ends. PostgreSQL: a session advisory lock. MySQL/MariaDB: GET_LOCK (mysql.py). Local filesystems only, as SQLite itself.
 MIGRATE_LOCK_TIMEOUT bounds a run's waiting in all, whoever holds what it waits for.
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from . import mysql
 from .errors import MigrationError, describe
 
 # Any constant works; PostgreSQL advisory locks are named by a number.
@@ -54,6 +55,9 @@ def migration_lock(engine: sa.engine.Engine, path: Path | None, budget: WaitBudg
             yield
     elif engine.dialect.name == "postgresql":
         with advisory_lock(engine, budget):
+            yield
+    elif engine.dialect.name == "mysql":
+        with mysql.migration_lock(engine, budget):
             yield
     else:
         yield

@@ -19,7 +19,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from flask import current_app
 
-from . import connections, guards, postgres
+from . import connections, guards, journal, mysql, postgres
 from .autogenerate import (
     library_warnings_as_notes,
     revision_directives_hook,
@@ -143,6 +143,7 @@ class Progress:
         self.applied: list[str] = []
         self.running: str | None = None
         self.snapshotting = False
+        self.ddl_commits = False  # MySQL/MariaDB: a revision's DDL statements commit alone
 
     def committed(self) -> None:
         """The running revision's transaction has committed."""
@@ -156,6 +157,12 @@ class Progress:
         done = (f"the {len(self.applied)} revision(s) of this run before it stay applied "
                 f"({', '.join(self.applied)})" if self.applied
                 else "no revision of this run had been applied before it")
+        if self.running and self.ddl_commits:
+            stay = "; ".join(f"{n}) {s}" for n, s in enumerate(committed, 1)) or "none"
+            return (f"interrupted during {self.running}: its statements that had committed "
+                    f"stay ({stay}), and the one running may have committed too (MySQL and "
+                    "MariaDB commit each DDL statement); its version is not recorded: run "
+                    f"`db upgrade` again to finish it; {done}")
         if self.running and committed:
             stay = "; ".join(f"{n}) {s}" for n, s in enumerate(committed, 1))
             return (f"interrupted during {self.running}: {len(committed)} of its statements "
@@ -258,6 +265,8 @@ class Run:
         self.snapshot_taken = False
         self.last_seconds: float | None = None  # the running revision's time, for its record
         self.checksum_table_ready = False
+        # MySQL/MariaDB: each committed statement of a revision is journaled (journal.py).
+        self.journaled = connection.dialect.name == "mysql" and not self.in_one_transaction
 
     def run(self) -> None:
         autogenerate = getattr(self.context.config.cmd_opts, "autogenerate", False)
@@ -325,6 +334,11 @@ class Run:
             revisions = [step for step in planned if isinstance(step, RevisionStep)]
             if revisions or self.command in ("upgrade", "downgrade"):
                 verify_checksums(self.context.script, self.connection)
+            if revisions and self.journaled:
+                if revisions[0].is_upgrade:  # before anything runs, the journal table too
+                    mysql.refuse_rows_before_ddl(revisions, self.connection.dialect)
+                journal.refuse_other_steps(self.connection, revisions)
+                journal.ensure_journal_table(self.connection)
             if revisions:
                 self.before_revisions(heads, revisions)
             elif self.command == "upgrade" and not self.rehearsing:
@@ -350,6 +364,10 @@ class Run:
                                                    name), None
         if self.connection.dialect.name == "postgresql":
             run = retrying(run, self.connection, self.settings, name, migration_context)
+        elif self.connection.dialect.name == "mysql" and not self.in_one_transaction:
+            self.progress.ddl_commits = True
+            run = mysql.journaled(run, self.connection, self.settings, name, step,
+                                  migration_context)
         log = logging.getLogger("alembic.runtime.migration")
         step.safe_migrate_timed = True  # QuietStart leaves Alembic's own start line out
 
@@ -382,7 +400,8 @@ class Run:
     def before_revisions(self, heads, steps) -> None:
         """The last checks, the question and the snapshot, before the first revision runs."""
         upgrade = steps[0].is_upgrade
-        if upgrade and not self.had_version_table:
+        if upgrade and not self.had_version_table and not (
+                self.journaled and journal.half_applied(self.connection)):  # resumed
             refuse_unversioned_database(self.connection)
         destination = destination_label(steps)
         dropped = {} if upgrade else guards.rows_to_be_dropped(
@@ -416,6 +435,8 @@ class Run:
             ensure_checksum_table(ctx.connection)
             self.checksum_table_ready = True
         record_checksum(ctx, step, self.last_seconds)
+        if self.journaled and step.is_upgrade:
+            journal.forget(ctx.connection, step.up_revision_id)
         self.last_seconds = None
         if self.path is not None and not self.identified:
             give_identity(ctx.connection)
@@ -452,7 +473,8 @@ class Run:
 def not_our_bookkeeping(name, type_, parent_names) -> bool:
     """Alembic's include_name hook: autogenerate leaves our bookkeeping tables and SQLite's own
     tables (sqlite_sequence, sqlite_stat1, ...) alone."""
-    return not (type_ == "table" and (name in BOOKKEEPING or name.startswith("sqlite_")))
+    return not (type_ == "table" and (name in BOOKKEEPING or name == journal.JOURNAL_TABLE
+                                      or name.startswith("sqlite_")))
 
 
 def already_at(heads, script_heads) -> str:
@@ -478,7 +500,7 @@ def refuse_unversioned_database(connection) -> None:
     """An existing database that these migrations did not make (it has tables but no
     alembic_version) must be adopted by hand."""
     tables = [t for t in sa.inspect(connection).get_table_names()
-              if t not in BOOKKEEPING]
+              if t not in BOOKKEEPING and t != journal.JOURNAL_TABLE]
     if tables:
         raise MigrationError(
             f"the database already has tables ({', '.join(tables)}) but no alembic_version, "

@@ -85,7 +85,13 @@ class Settings:
         # PostgreSQL: how long a revision's statement may wait for a table's lock before the
         # revision is rolled back and retried, how many times, and an optional limit on any
         # one statement (0: none).
-        self.pg_lock_timeout = seconds("MIGRATE_PG_LOCK_TIMEOUT", 2.0, low=MIN_SECONDS)
+        # MIGRATE_DDL_LOCK_TIMEOUT is the same limit for every database (MySQL/MariaDB:
+        # lock_wait_timeout, whole seconds); MIGRATE_PG_LOCK_TIMEOUT, its older name, is
+        # read when it is not set.
+        ddl = "MIGRATE_DDL_LOCK_TIMEOUT"
+        self.ddl_lock_timeout = seconds(ddl if ddl in os.environ else "MIGRATE_PG_LOCK_TIMEOUT",
+                                        2.0, low=MIN_SECONDS)
+        self.pg_lock_timeout = self.ddl_lock_timeout
         self.pg_lock_retries = count("MIGRATE_PG_LOCK_RETRIES", 5)
         self.pg_statement_timeout = seconds("MIGRATE_PG_STATEMENT_TIMEOUT", 0.0,
                                             low=MIN_SECONDS, zero=True)

@@ -116,33 +116,14 @@ def test_a_missing_driver_names_the_package_to_install(make_project):
                     "pip install mysqlclient")
 
 
-MYSQL_REFUSAL = (
-    "refused: on mysql the package cannot keep its guarantees (each DDL statement commits on "
-    "its own, so a failed revision stays half-applied; no lock, snapshot or rehearsal); nothing "
-    "was changed. See docs/guarantees.md")
-
-
-@pytest.mark.parametrize("args", [["upgrade"], ["upgrade", "--rehearse"], ["downgrade"],
-                                  ["stamp", "head"]])
-def test_changing_a_mysql_database_is_refused_before_connecting(make_project, args):
-    """No server listens on port 1: the refusal comes before any connection is tried."""
+@pytest.mark.parametrize("args", [["upgrade"], ["downgrade"], ["stamp", "head"]])
+def test_a_mysql_server_that_does_not_answer_is_one_line(make_project, args):
+    """No server listens on port 1 (MySQL/MariaDB is supported: tests/test_mariadb.py)."""
     project = make_project(database_url="mysql+pymysql://u:secret@127.0.0.1:1/x")
     code, output = project.db(*args)
-    assert (code, one_error_line(output)) == (1, f"Error: {args[0]} {MYSQL_REFUSAL}")
-    assert "secret" not in output
-
-
-def test_a_run_started_through_alembic_itself_is_refused_on_mysql(make_project):
-    """env.py refuses too, so no entry point changes a MySQL database."""
-    project = make_project(database_url="mysql+pymysql://u:secret@127.0.0.1:1/x")
-    code, output = project.run(sys.executable, "-c", (
-        "from alembic import command\n"
-        "from migrate_example import app\n"
-        "from safe_migrate.state import alembic_config\n"
-        "with app.app_context():\n"
-        "    command.upgrade(alembic_config('migrations'), 'head')\n"))
     assert code == 1
-    assert output.strip().splitlines()[-1].endswith(f"MigrationError: this migration {MYSQL_REFUSAL}")
+    assert one_error_line(output).startswith("Error: (2003, \"Can't connect to MySQL server")
+    assert "secret" not in output
 
 
 def test_an_async_driver_is_refused_with_the_sync_url(make_project):
