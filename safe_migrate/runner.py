@@ -473,8 +473,7 @@ class Run:
 def not_our_bookkeeping(name, type_, parent_names) -> bool:
     """Alembic's include_name hook: autogenerate leaves our bookkeeping tables and SQLite's own
     tables (sqlite_sequence, sqlite_stat1, ...) alone."""
-    return not (type_ == "table" and (name in BOOKKEEPING or name == journal.JOURNAL_TABLE
-                                      or name.startswith("sqlite_")))
+    return not (type_ == "table" and (name in BOOKKEEPING or name.startswith("sqlite_")))
 
 
 def already_at(heads, script_heads) -> str:
@@ -500,7 +499,7 @@ def refuse_unversioned_database(connection) -> None:
     """An existing database that these migrations did not make (it has tables but no
     alembic_version) must be adopted by hand."""
     tables = [t for t in sa.inspect(connection).get_table_names()
-              if t not in BOOKKEEPING and t != journal.JOURNAL_TABLE]
+              if t not in BOOKKEEPING]
     if tables:
         raise MigrationError(
             f"the database already has tables ({', '.join(tables)}) but no alembic_version, "

@@ -38,11 +38,12 @@ import sqlalchemy as sa
 
 from .checksums import CHECKSUM_TABLE
 from .errors import MigrationError
+from .journal import JOURNAL_TABLE
 from .progress import human_size, write_now
 
 IDENTITY_TABLE = "migration_database"
 # Tables of ours and Alembic's, which are no part of the app's schema or data.
-BOOKKEEPING = {"alembic_version", CHECKSUM_TABLE, IDENTITY_TABLE}
+BOOKKEEPING = {"alembic_version", CHECKSUM_TABLE, IDENTITY_TABLE, JOURNAL_TABLE}
 # `<from>-<to>.<UTC time>.db`, after the database's name: neither revision label has a dot,
 # so a name is the snapshot of one database only (the part before the label).
 SNAPSHOT_SUFFIX = r"\.[0-9a-zA-Z_+]+-[0-9a-zA-Z_+]+\.\d{8}T\d{12}Z\.db"
