@@ -1,7 +1,9 @@
 """The `db` commands on both CLIs: Flask-Script's `MigrateCommand` and `flask db`.
 
 Each command is described once (its function in commands.py and its options below) and
-built for each CLI from that description, with its errors reported as one line.
+built for each CLI from that description, with its errors reported as one line. The `db`
+group's own -d and -x (Flask-Migrate 4's `db -d DIR -x KEY CMD`) are merged into the
+command's arguments here, so commands.py sees one directory and one list of -x.
 """
 from __future__ import annotations
 
@@ -261,7 +263,8 @@ def click_param(o: Opt) -> click.Parameter:
 
 def click_command(name: str, func, options) -> click.Command:
     def callback(**kwargs):
-        group = click.get_current_context().parent.params  # `flask db -d DIR -x KEY CMD`
+        parent = click.get_current_context().parent  # `flask db -d DIR -x KEY CMD`
+        group = parent.params if parent is not None else {}
         kwargs = with_group_options(kwargs, group.get("directory"), group.get("x_arg"))
         with as_a_command():
             return func(**kwargs)

@@ -1,6 +1,7 @@
-"""The `db` commands, one thin function each, as Flask-Migrate 2.7 has them, plus `check`,
-`repair` and `restore`. Both CLIs (cli.py) call these; what makes a run safe happens where
-Alembic runs it (runner.py), so these only pass their options on.
+"""The `db` commands, one thin function each, as Flask-Migrate 4 has them (`list-templates`,
+`init --template`, `stamp --purge`, `-x` on every command), plus `check`, `repair` and
+`restore`. Both CLIs (cli.py) call these; what makes a run safe happens where Alembic runs
+it (runner.py), so these only pass their options on. Every command parses its -x first.
 
 Alembic is imported inside the functions: a command that does not need it does not pay
 for it at start-up.
