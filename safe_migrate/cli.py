@@ -1,7 +1,9 @@
 """The `db` commands on both CLIs: Flask-Script's `MigrateCommand` and `flask db`.
 
 Each command is described once (its function in commands.py and its options below) and
-built for each CLI from that description, with its errors reported as one line.
+built for each CLI from that description, with its errors reported as one line. The `db`
+group's own -d and -x (Flask-Migrate 4's `db -d DIR -x KEY CMD`) are merged into the
+command's arguments here, so commands.py sees one directory and one list of -x.
 """
 from __future__ import annotations
 
@@ -77,24 +79,29 @@ NEW_REVISION = [
 ]
 
 COMMANDS = {
+    "list-templates": (commands.list_templates, []),
     "init": (commands.init, [DIRECTORY, opt("--multidb", flag=True, help="Multiple databases "
-                                                                           "migration (SQLALCHEMY_BINDS)")]),
+                                                                           "migration (SQLALCHEMY_BINDS)"),
+                             opt("-t", "--template", help="Repository template to use (default "
+                                                          "is 'flask'; see db list-templates)"),
+                             opt("--package", flag=True, help="Write empty __init__.py files to "
+                                                              "the environment and version "
+                                                              "locations")]),
     "env": (commands.env, [DIRECTORY, opt("--force", flag=True, help=(
         "replace an env.py that differs, keeping it as env.py.bak"))]),
     "revision": (commands.revision, [DIRECTORY, MESSAGE, opt("--autogenerate", flag=True, help=(
         "Populate revision script with candidate migration operations, based on comparison of "
-        "database to model")), SQL, *NEW_REVISION, x_arg("revision"), PLAIN]),
-    "migrate": (commands.migrate, [DIRECTORY, MESSAGE, SQL, *NEW_REVISION, x_arg("migrate"),
-                                   PLAIN]),
+        "database to model")), SQL, *NEW_REVISION, PLAIN]),
+    "migrate": (commands.migrate, [DIRECTORY, MESSAGE, SQL, *NEW_REVISION, PLAIN]),
     "edit": (commands.edit, [DIRECTORY, opt("revision", nargs="?", default="head",
                                             help="revision identifier")]),
     "merge": (commands.merge, [DIRECTORY, MESSAGE, opt("--branch-label", help=(
         "Specify a branch label to apply to the new revision")), opt("--rev-id", help=(
             "Specify a hardcoded revision id instead of generating one")),
         opt("revisions", nargs="+", help="one or more revisions, or 'heads' for all heads")]),
-    "upgrade": (commands.upgrade, [DIRECTORY, SQL, TAG, x_arg("upgrade"), *REHEARSE, opt(
+    "upgrade": (commands.upgrade, [DIRECTORY, SQL, TAG, *REHEARSE, opt(
         "revision", nargs="?", default="head", help="revision identifier")]),
-    "downgrade": (commands.downgrade, [DIRECTORY, SQL, TAG, x_arg("downgrade"), *REHEARSE, opt(
+    "downgrade": (commands.downgrade, [DIRECTORY, SQL, TAG, *REHEARSE, opt(
         "revision", nargs="?", default="-1", help="revision identifier")]),
     "show": (commands.show, [DIRECTORY, opt("revision", nargs="?", default="head",
                                             help="revision identifier")]),
@@ -107,17 +114,41 @@ COMMANDS = {
         "Treat dependency versions as down revisions"))]),
     "branches": (commands.branches, [DIRECTORY, VERBOSE]),
     "current": (commands.current, [DIRECTORY, VERBOSE]),
-    "stamp": (commands.stamp, [DIRECTORY, SQL, TAG, opt("revision", nargs="?", default="head",
-                                                         help="revision identifier")]),
+    "stamp": (commands.stamp, [DIRECTORY, SQL, TAG, opt("--purge", flag=True, help=(
+        "Delete every row of the version table before stamping (one with a revision this "
+        "history lacks)")), opt("revision", nargs="?", default="head",
+                                help="revision identifier")]),
     "check": (commands.check, [DIRECTORY]),
     "lint": (commands.lint, [DIRECTORY, opt("--since", help="lint the revisions after this "
                                                            "one"),
                              opt("--format", default="text", help="text, or github (annotations)"),
                              opt("revisions", nargs="*", help="revisions to lint (default: all)")]),
     "repair": (commands.repair, [DIRECTORY]),
-    "restore": (commands.restore, [opt("snapshot", help="a snapshot file, from backups/ beside "
-                                                        "the database"), x_arg("restore")]),
+    "restore": (commands.restore, [DIRECTORY, opt("snapshot", help="a snapshot file, from "
+                                                                   "backups/ beside the "
+                                                                   "database")]),
 }
+# -x on every command, before its positional arguments (help lists it there).
+for _name, (_func, _options) in COMMANDS.items():
+    _at = next((i for i, o in enumerate(_options) if o.positional), len(_options))
+    _options.insert(_at, x_arg(_name))
+
+# Flask-Migrate's group options: `db -d DIR -x KEY=VAL CMD`. A command's own -d wins; the
+# group's -x come before the command's (with_group_options).
+GROUP_OPTIONS = [
+    opt("-d", "--directory", help="Migration script directory (default is 'migrations'), "
+                                  "for every command"),
+    opt("-x", "--x-arg", multiple=True, metavar="KEY[=VALUE]",
+        help="repeatable; added to the command's own -x (see its help for its keys)"),
+]
+
+
+def with_group_options(kwargs: dict, directory: str | None, x_args) -> dict:
+    """A command's arguments with the `db` group's -d and -x merged in."""
+    merged = {**kwargs, "x_arg": [*(x_args or ()), *(kwargs.get("x_arg") or ())] or None}
+    if directory is not None and "directory" in kwargs and kwargs["directory"] is None:
+        merged["directory"] = directory
+    return merged
 
 
 # --- both CLIs -------------------------------------------------------------------------
@@ -167,9 +198,29 @@ class DbCommand(flask_script.Command):
         return self.func(**kwargs)
 
     def __call__(self, app=None, *args, **kwargs):
+        if isinstance(app, GroupOptions):  # the `db` Manager's -d and -x
+            kwargs = with_group_options(kwargs, app.directory, app.x_args)
+            app = app.app
         with as_a_command():
             running_module_is_importable()
             return super().__call__(app, *args, **kwargs)
+
+
+class GroupOptions:
+    """What the `db` Manager hands its command (Flask-Script passes each handler's result
+    to the next): the app, and the group's -d and -x."""
+
+    def __init__(self, app, directory: str | None, x_args) -> None:
+        self.app = app
+        self.directory = directory
+        self.x_args = x_args
+
+
+class DbScriptManager(DbManager):
+    """The `db` Manager, whose own options (-d, -x) go to the command that runs."""
+
+    def __call__(self, app=None, group_directory=None, group_x_arg=None):
+        return GroupOptions(super().__call__(app), group_directory, group_x_arg)
 
 
 def running_module_is_importable() -> None:
@@ -185,8 +236,13 @@ def running_module_is_importable() -> None:
 
 def flask_script_manager() -> flask_script.Manager:
     """Flask-Migrate's MigrateCommand, with our commands."""
-    manager = DbManager(help="Perform database migrations",
-                        description="Perform database migrations")
+    manager = DbScriptManager(help="Perform database migrations",
+                              description="Perform database migrations")
+    for o in GROUP_OPTIONS:
+        option = DbCommand.argparse_option(o)
+        option.kwargs["dest"] = f"group_{o.dest}"  # argparse: the command's -d has its own
+        option.kwargs["metavar"] = o.metavar or o.dest.upper()
+        manager.add_option(*option.args, **option.kwargs)
     for name, (func, options) in COMMANDS.items():
         manager.add_command(name, DbCommand(func, options))
     return manager
@@ -207,6 +263,9 @@ def click_param(o: Opt) -> click.Parameter:
 
 def click_command(name: str, func, options) -> click.Command:
     def callback(**kwargs):
+        parent = click.get_current_context().parent  # `flask db -d DIR -x KEY CMD`
+        group = parent.params if parent is not None else {}
+        kwargs = with_group_options(kwargs, group.get("directory"), group.get("x_arg"))
         with as_a_command():
             return func(**kwargs)
 
@@ -218,6 +277,7 @@ def click_command(name: str, func, options) -> click.Command:
                           short_help=short_help)
 
 
-db_group = DbGroup("db", help="Perform database migrations.")
+db_group = DbGroup("db", help="Perform database migrations.",
+                   params=[click_param(o) for o in GROUP_OPTIONS])
 for _name, (_func, _options) in COMMANDS.items():
     db_group.add_command(click_command(_name, _func, _options))

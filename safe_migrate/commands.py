@@ -1,6 +1,7 @@
-"""The `db` commands, one thin function each, as Flask-Migrate 2.7 has them, plus `check`,
-`repair` and `restore`. Both CLIs (cli.py) call these; what makes a run safe happens where
-Alembic runs it (runner.py), so these only pass their options on.
+"""The `db` commands, one thin function each, as Flask-Migrate 4 has them (`list-templates`,
+`init --template`, `stamp --purge`, `-x` on every command), plus `check`, `repair` and
+`restore`. Both CLIs (cli.py) call these; what makes a run safe happens where Alembic runs
+it (runner.py), so these only pass their options on. Every command parses its -x first.
 
 Alembic is imported inside the functions: a command that does not need it does not pay
 for it at start-up.
@@ -37,7 +38,7 @@ from .snapshots import (
     take_snapshot,
     what_protects,
 )
-from .state import current_state
+from .state import TEMPLATES, current_state
 
 
 def config(directory=None, x_arg=None, opts=None, command=None, rehearsal=None):
@@ -49,36 +50,64 @@ def config(directory=None, x_arg=None, opts=None, command=None, rehearsal=None):
 
 
 def cached_index(directory=None) -> dict | None:
-    """The cached facts about the revision files (revisions.py), or None."""
-    directory = directory or current_state().directory
+    """The cached facts about the revision files (revisions.py), or None; None too for an
+    app with `@migrate.configure` callbacks, which may change what Alembic reads."""
+    state = current_state()
+    if state.migrate.configure_callbacks:
+        return None
+    directory = directory or state.directory
     return revision_index(Path(directory), lambda: config(directory))
 
 
-def script_directory(directory=None):
+def script_directory(directory=None, x_arg=None):
     from alembic.script import ScriptDirectory
 
-    return ScriptDirectory.from_config(config(directory))
+    return ScriptDirectory.from_config(config(directory, x_arg))
 
 
-def init(directory=None, multidb=False):
+def list_templates(x_arg=None):
+    """List available templates."""
+    run_options(x_arg, "list-templates")
+    print("Available templates:\n")
+    for name in template_names():
+        with open(TEMPLATES / name / "README") as readme:
+            print(f"{name} - {readme.readline().strip()}")
+
+
+def template_names() -> list[str]:
+    """The templates `db init --template` takes: the folders of safe_migrate/templates."""
+    return sorted(path.name for path in TEMPLATES.iterdir() if (path / "README").is_file())
+
+
+def init(directory=None, multidb=False, template=None, package=False, x_arg=None):
     """Creates a new migration repository"""
     from alembic import command
 
+    run_options(x_arg, "init")
     state = current_state()
     directory = directory or state.directory
-    if multidb:
+    if template is None:
+        template = "flask-multidb" if multidb else "flask"
+    elif multidb and template != "flask-multidb":
+        raise MigrationError(f"--multidb is --template flask-multidb, not {template}: give one "
+                             "(nothing was written)")
+    if template not in template_names():
+        raise MigrationError(f"no template {template!r}; the templates are "
+                             f"{', '.join(template_names())} (nothing was written)")
+    if template == "flask-multidb":
         from .multidb import refuse_without_binds
 
         refuse_without_binds(init=True)
     problem = naming_problem(state.metadata)  # its alembic.ini says the history has names
     if problem:
         raise MigrationError(f"{problem}; then run `db init` again (nothing was written)")
-    command.init(config(directory), directory, "flask-multidb" if multidb else "flask")
+    command.init(config(directory, x_arg), directory, template, package=package)
 
 
-def env(directory=None, force=False):
+def env(directory=None, force=False, x_arg=None):
     """Write safe_migrate's migrations/env.py into an existing migrations folder (one made by
     Flask-Migrate); --force replaces one that differs, keeping it as env.py.bak"""
+    run_options(x_arg, "env")
     print(write_env(Path(directory or current_state().directory), force))
 
 
@@ -119,18 +148,21 @@ def migrate(directory=None, message=None, sql=False, head="head", splice=False,
              x_arg, plain)
 
 
-def edit(directory=None, revision="current"):
+def edit(directory=None, revision="current", x_arg=None):
     """Edit current revision."""
     from alembic import command
 
-    command.edit(config(directory), revision)
+    run_options(x_arg, "edit")
+    command.edit(config(directory, x_arg), revision)
 
 
-def merge(directory=None, revisions="", message=None, branch_label=None, rev_id=None):
+def merge(directory=None, revisions="", message=None, branch_label=None, rev_id=None,
+          x_arg=None):
     """Merge two revisions together.  Creates a new migration file"""
     from alembic import command
 
-    command.merge(config(directory), revisions, message=message, branch_label=branch_label,
+    run_options(x_arg, "merge")
+    command.merge(config(directory, x_arg), revisions, message=message, branch_label=branch_label,
                   rev_id=rev_id)
 
 
@@ -260,17 +292,19 @@ def downgrade(directory=None, revision="-1", sql=False, tag=None, x_arg=None, re
     command.downgrade(config(directory, x_arg, command="downgrade"), revision, sql=sql, tag=tag)
 
 
-def show(directory=None, revision="head"):
+def show(directory=None, revision="head", x_arg=None):
     """Show the revision denoted by the given symbol."""
     from alembic import command
 
-    command.show(config(directory), revision)
+    run_options(x_arg, "show")
+    command.show(config(directory, x_arg), revision)
 
 
 def history(directory=None, rev_range=None, verbose=False, indicate_current=False,
-            applied=False):
+            applied=False, x_arg=None):
     """List changeset scripts in chronological order (--applied: with the dates they were
     applied to this database)"""
+    run_options(x_arg, "history")
     if not applied:
         plain = not (rev_range or verbose or indicate_current)
         index = cached_index(directory) if plain else None
@@ -280,7 +314,7 @@ def history(directory=None, rev_range=None, verbose=False, indicate_current=Fals
             return
         from alembic import command
 
-        return command.history(config(directory), rev_range, verbose=verbose,
+        return command.history(config(directory, x_arg), rev_range, verbose=verbose,
                                indicate_current=indicate_current)
     with current_state().engine.connect() as conn:
         dates = applied_dates(conn)
@@ -292,8 +326,9 @@ def history(directory=None, rev_range=None, verbose=False, indicate_current=Fals
         print(f"{rev.revision}  {when:<38}  {rev.doc}")
 
 
-def heads(directory=None, verbose=False, resolve_dependencies=False):
+def heads(directory=None, verbose=False, resolve_dependencies=False, x_arg=None):
     """Show current available heads in the script directory"""
+    run_options(x_arg, "heads")
     index = None if verbose or resolve_dependencies else cached_index(directory)
     if index is not None:
         for line in index["heads_lines"]:
@@ -301,18 +336,20 @@ def heads(directory=None, verbose=False, resolve_dependencies=False):
         return
     from alembic import command
 
-    command.heads(config(directory), verbose=verbose, resolve_dependencies=resolve_dependencies)
+    command.heads(config(directory, x_arg), verbose=verbose, resolve_dependencies=resolve_dependencies)
 
 
-def branches(directory=None, verbose=False):
+def branches(directory=None, verbose=False, x_arg=None):
     """Show current branch points"""
     from alembic import command
 
-    command.branches(config(directory), verbose=verbose)
+    run_options(x_arg, "branches")
+    command.branches(config(directory, x_arg), verbose=verbose)
 
 
-def current(directory=None, verbose=False):
+def current(directory=None, verbose=False, x_arg=None):
     """Display the current revision for each database."""
+    run_options(x_arg, "current")
     state = current_state()
     multidb = is_multidb(directory or state.directory)  # each database: Alembic's reading
     index = None if verbose or multidb else cached_index(directory)
@@ -337,20 +374,26 @@ def current(directory=None, verbose=False):
     # verbose, version_locations, or a revision that Alembic must explain
     from alembic import command
 
-    command.current(config(directory, command="current"), verbose=verbose)
+    command.current(config(directory, x_arg, command="current"), verbose=verbose)
 
 
-def stamp(directory=None, revision="head", sql=False, tag=None):
+def stamp(directory=None, revision="head", sql=False, tag=None, purge=False, x_arg=None):
     """'stamp' the revision table with the given revision; don't run any migrations
-    (this is how an existing database is adopted)"""
+    (this is how an existing database is adopted; --purge empties the table first)"""
+    run_options(x_arg, "stamp")
     if not sql:
         refuse_unsupported(current_state().url, "stamp")
     from alembic import command
 
-    command.stamp(config(directory, command="stamp"), revision, sql=sql, tag=tag)
+    if purge:
+        # Alembic empties the version table in a transaction of its own, before the stamp's
+        # (transaction_per_migration): a destination it cannot find is refused first.
+        script_directory(directory, x_arg).get_revisions(revision)
+    command.stamp(config(directory, x_arg, command="stamp"), revision, sql=sql, tag=tag,
+                  purge=purge)
 
 
-def check(directory=None):
+def check(directory=None, x_arg=None):
     """Exit 0 if the models match the migrations' head and the database is at head; else
     exit 1 and list each difference on a line (also when the models' constraints have no
     names, which Alembic cannot compare)"""
@@ -358,6 +401,7 @@ def check(directory=None):
     from .hooks import check_options
     from .runner import not_our_bookkeeping
 
+    run_options(x_arg, "check")
     state = current_state()
     index = cached_index(directory)
     script_heads = index["heads"] if index else script_directory(directory).get_heads()
@@ -374,21 +418,23 @@ def check(directory=None):
     print("The models, the migrations' head and the database agree.")
 
 
-def lint(directory=None, revisions=(), since=None, format="text"):
+def lint(directory=None, revisions=(), since=None, format="text", x_arg=None):
     """Name the operations of the revisions (all, those named, or those after --since) that
     lock or break a live database, with the safer pattern; exit 1 on a finding (docs/lint.md)"""
     from .lint import lint as lint_revisions
 
-    code = lint_revisions(config(directory, command="lint"), current_state(), revisions,
+    run_options(x_arg, "lint")
+    code = lint_revisions(config(directory, x_arg, command="lint"), current_state(), revisions,
                           since, format)
     if code:
         sys.exit(code)
 
 
-def repair(directory=None):
+def repair(directory=None, x_arg=None):
     """Record the checksums of the applied revisions' files anew, after a deliberate edit."""
+    run_options(x_arg, "repair")
     state = current_state()
-    script = script_directory(directory)
+    script = script_directory(directory, x_arg)
     if is_multidb(directory or state.directory):  # each database: multidb.py
         from .multidb import repair
 
@@ -401,7 +447,7 @@ def repair(directory=None):
     print(f"Recorded the checksums of {len(applied)} applied revision(s)")
 
 
-def restore(snapshot, x_arg=None):
+def restore(snapshot, x_arg=None, directory=None):
     """Put a snapshot from backups/ back in place of the SQLite database, also of a damaged
     or a missing one (it asks first if the database has rows the snapshot lacks)"""
     import sqlite3
@@ -426,7 +472,7 @@ def restore(snapshot, x_arg=None):
         raise MigrationError(f"no folder {path.parent} for the database (check DATABASE_URL); "
                              "nothing changed")
     revisions, origin = check_snapshot(snapshot)
-    known = revision_index(Path(state.directory))
+    known = revision_index(Path(directory or state.directory))
     for revision in revisions:
         if known is not None and revision not in known["lines"]:
             raise MigrationError(f"{snapshot} is at revision {revision}, which migrations/ does "

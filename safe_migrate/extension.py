@@ -32,26 +32,42 @@ def metadata() -> sa.MetaData:
 
 
 class Migrate:
-    """Flask-Migrate's `Migrate`, with this package's guarantees on every run."""
+    """Flask-Migrate's `Migrate`, with this package's guarantees on every run: its
+    `command` (the `flask` group's name), `@migrate.configure` callbacks and `get_config`."""
 
-    def __init__(self, app=None, db=None, directory="migrations", **kwargs):
+    def __init__(self, app=None, db=None, directory="migrations", command="db", **kwargs):
+        self.configure_callbacks = []
         self.db = db
+        self.command = command
         self.directory = str(directory)
         self.alembic_ctx_kwargs = kwargs
         if app is not None and db is not None:
             self.init_app(app, db, directory)
 
-    def init_app(self, app, db=None, directory=None, **kwargs) -> None:
-        """Register the app's migration settings and `flask db`. Nothing is read, checked or
-        connected here: a web worker importing the app is never stopped by a migration
-        setting, and its engine stays as Flask-SQLAlchemy made it."""
+    def init_app(self, app, db=None, directory=None, command=None, **kwargs) -> None:
+        """Register the app's migration settings and its `flask` group (`db`, or `command`).
+        Nothing is read, checked or connected here: a web worker importing the app is never
+        stopped by a migration setting, and its engine stays as Flask-SQLAlchemy made it."""
         self.db = db or self.db
+        self.command = command or self.command
         self.directory = str(directory or self.directory)
         self.alembic_ctx_kwargs.update(kwargs)
         app.extensions["migrate"] = MigrateState(self, app)
-        app.cli.add_command(db_group)
+        app.cli.add_command(db_group, name=self.command)
+
+    def configure(self, f):
+        """Decorator: `f(config)` gets every command's Alembic Config and returns the one to
+        use (Flask-Migrate's callbacks), in the order they were added."""
+        self.configure_callbacks.append(f)
+        return f
+
+    def call_configure_callbacks(self, config):
+        for f in self.configure_callbacks:
+            config = f(config)
+        return config
 
     def get_config(self, directory=None, x_arg=None, opts=None, command=None):
         """Alembic's Config for the migrations folder, as Flask-Migrate makes it (see
-        state.alembic_config)."""
-        return alembic_config(str(directory or self.directory), x_arg, opts, command)
+        state.alembic_config), after the configure callbacks."""
+        config = alembic_config(str(directory or self.directory), x_arg, opts, command)
+        return self.call_configure_callbacks(config)

@@ -87,6 +87,8 @@ def keys_of(command: str | None) -> tuple[str, ...]:
 
 def x_help(command: str) -> str:
     """The -x option's help for one command: its keys and what each does."""
+    if not COMMAND_KEYS.get(command):
+        return "repeatable; this command takes no keys: any is refused"
     return "repeatable; " + "; ".join(
         f"{KEYS[key].form}: {KEYS[key].help}" for key in COMMAND_KEYS[command])
 
