@@ -36,7 +36,6 @@ from .snapshots import (
     rotate_snapshots,
     rows_only_in,
     take_snapshot,
-    what_protects,
 )
 from .state import TEMPLATES, current_state
 
@@ -181,16 +180,7 @@ def upgrade(directory=None, revision="head", sql=False, tag=None, x_arg=None, re
         return
     from alembic import command
 
-    say_what_protects(sql, x_arg, "upgrade")
     command.upgrade(config(directory, x_arg, command="upgrade"), revision, sql=sql, tag=tag)
-
-
-def say_what_protects(sql: bool, x_arg, command: str) -> None:
-    """On MySQL, where no snapshot is taken: the snapshot step's line (snapshots.py)."""
-    line = None if sql or not run_options(x_arg, command).backup \
-        else what_protects(current_state().url)
-    if line:
-        print(line)
 
 
 def rehearse_run(kind: str, directory, revision: str, x_arg, round_trip: bool) -> None:
@@ -288,7 +278,6 @@ def downgrade(directory=None, revision="-1", sql=False, tag=None, x_arg=None, re
 
     if sql and revision == "-1":
         revision = "head:-1"
-    say_what_protects(sql, x_arg, "downgrade")
     command.downgrade(config(directory, x_arg, command="downgrade"), revision, sql=sql, tag=tag)
 
 

@@ -46,6 +46,7 @@ from .snapshots import (
     give_identity,
     has_identity,
     rotate_snapshots,
+    say_what_protects,
     take_snapshot,
 )
 from .sqlite_copies import install as install_sqlite_copies
@@ -421,6 +422,8 @@ class Run:
                           self.settings.snapshots_kept, self.settings.snapshots_max_bytes)
             self.progress.snapshotting = False
             self.snapshot_taken = True
+        elif self.options.backup and not self.rehearsing:
+            say_what_protects(self.connection.engine.url)  # MySQL: no file to copy
 
     def settle(self) -> None:
         """End the transaction the run's reads began (transactions.py); a rehearsal's one

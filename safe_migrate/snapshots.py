@@ -111,21 +111,21 @@ def take_snapshot(path: Path, start: str, end: str, timeout: float, keep: int = 
     return snapshot
 
 
-def what_protects(url: sa.engine.URL) -> str | None:
-    """On MySQL and MariaDB, where there is no file to copy: the line the snapshot step says
-    instead, naming what protects the data (and the dump command, when the server's dump tool
-    is on PATH: the package takes no dump, which would need the password on a command line
-    and could take hours). None on the other backends."""
+def say_what_protects(url: sa.engine.URL) -> None:
+    """On MySQL and MariaDB, where there is no file to copy: the snapshot step's line instead,
+    naming what protects the data (and the dump command, when the server's dump tool is on
+    PATH: the package takes no dump, which would need the password on a command line and
+    could take hours). Nothing on the other backends."""
     if url.get_backend_name() != "mysql":
-        return None
+        return
     tool = shutil.which("mariadb-dump") or shutil.which("mysqldump")
     port = f" -P {url.port}" if url.port else ""
     backup = (f"for a backup first: {Path(tool).name} --single-transaction -h "
               f"{url.host or 'localhost'}{port} -u {url.username} -p {url.database} > "
               f"{url.database}.sql" if tool else "for a backup first, use the server's dump tool")
-    return ("No snapshot on MySQL (a server, no file to copy): what protects the data is "
-            "`db upgrade --rehearse` (a scratch copy first) and the journal of each revision's "
-            f"committed statements (a failed one resumes); {backup}")
+    print("No snapshot on MySQL (a server, no file to copy): what protects the data is "
+          "`db upgrade --rehearse` (a scratch copy first) and the journal of each revision's "
+          f"committed statements (a failed one resumes); {backup}")
 
 
 class Held(NamedTuple):
