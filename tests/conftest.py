@@ -1,18 +1,28 @@
 """Fixtures: a fresh copy of the project per test, run through its CLI as a user runs it,
 against a real SQLite file or a real PostgreSQL server that the test session starts."""
+import atexit
+import contextlib
+import gc
 import glob
 import hashlib
+import importlib
+import io
+import logging
 import os
 import pty
 import pwd
+import runpy
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
+import traceback
 import uuid
+import warnings
 from pathlib import Path
 
 import pytest
@@ -33,6 +43,18 @@ PG_PASSWORD = "migrate-secret"
 def pytest_configure(config):
     config.addinivalue_line("markers", "postgresql: needs a PostgreSQL server (initdb)")
     config.addinivalue_line("markers", "mariadb: needs a MariaDB server (mariadb-server)")
+
+
+# TEST_SUBPROCESS=1: every db command in a new interpreter, as a user runs it (noxfile.py's
+# `subprocess` session); otherwise single db commands run in the test process (in_process).
+SUBPROCESS_ONLY = os.environ.get("TEST_SUBPROCESS") == "1"
+DEVNULL = subprocess.DEVNULL
+
+
+def changes_interpreter_start(name):
+    """Whether an environment variable acts when Python starts (PYTHONPATH, -W's
+    PYTHONWARNINGS, the locale of stdio...): a command with it set needs a new interpreter."""
+    return name.startswith(("PYTHON", "LC_")) or name in ("LANG", "LANGUAGE")
 
 
 class Project:
@@ -57,10 +79,18 @@ class Project:
             return [sys.executable, "-m", "flask", "db", *args]
         return [sys.executable, self.module, "db", *args]
 
-    def db(self, *args, **kwargs):
-        """Run a db command through this project's CLI; return (exit code, stdout+stderr)."""
-        env = {"FLASK_APP": "migrate_example.py", **kwargs.pop("env", {})}
-        return self.run(*self.db_argv(*args), env=env, **kwargs)
+    def db(self, *args, env=None, timeout=120, stderr=subprocess.STDOUT, subprocess=False):
+        """Run a db command through this project's CLI; return (exit code, stdout+stderr).
+
+        In this test process (see in_process below) unless subprocess=True, TEST_SUBPROCESS=1,
+        or env sets a variable Python reads at start-up (PYTHON*, locale): the output and exit
+        code are the same, without the ~0.8 s of imports a new interpreter costs. A test that
+        needs a real process (a signal, a kill, a second process at once, import-time
+        behaviour, -W) passes subprocess=True. timeout applies to a subprocess only."""
+        env = {"FLASK_APP": "migrate_example.py", **(env or {})}
+        if subprocess or SUBPROCESS_ONLY or any(map(changes_interpreter_start, env)):
+            return self.run(*self.db_argv(*args), env=env, timeout=timeout, stderr=stderr)
+        return in_process(self, args, {**self.env, **env}, keep_stderr=stderr is not DEVNULL)
 
     def run(self, *argv, cwd=None, env=None, timeout=120, stderr=subprocess.STDOUT):
         """Run a command in the project folder; return (exit code, output). Output is stdout
@@ -210,6 +240,139 @@ class Project:
 
         scripts = ScriptDirectory(str(script_dir))
         return [s.revision for s in reversed(list(scripts.walk_revisions()))]
+
+
+# --- db commands in the test process ---------------------------------------------------
+#
+# Starting Python and importing Flask, SQLAlchemy and Alembic costs ~0.8 s per command, most
+# of the suite's time. in_process runs the command the way the interpreter would -- the
+# module as __main__ (Manager) or `python -m flask` (Flask's CLI), the project folder first
+# on sys.path and as cwd, its environment, empty stdin, stdout and stderr into one buffer in
+# order, the exit code from SystemExit or 1 and a traceback -- and then puts back what a
+# command may change in a process: modules imported from the project copy, sys.path, cwd,
+# environment, logging, warnings, signal handlers, tempfile's folder, SQLAlchemy's pools.
+
+# The signals a command may install handlers for (an interrupted migration, a lock holder).
+SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+           signal.SIGUSR2, signal.SIGALRM, signal.SIGPIPE]
+# A new interpreter's warning filters (Python 3.11-3.13, no -W, no PYTHONWARNINGS): pytest
+# records warnings instead, which would hide the ones a user sees.
+DEFAULT_WARNING_FILTERS = [("default", DeprecationWarning, "__main__"),
+                           ("ignore", DeprecationWarning, ""),
+                           ("ignore", PendingDeprecationWarning, ""),
+                           ("ignore", ImportWarning, ""),
+                           ("ignore", ResourceWarning, "")]
+
+
+def project_modules(project):
+    """The modules a command imports from the project copy: the app and the package."""
+    folder = str(project.path)
+    return [name for name, module in list(sys.modules.items())
+            if name == "migrate_example" or name == "safe_migrate"
+            or name.startswith("safe_migrate.")
+            or (getattr(module, "__file__", None) or "").startswith(folder + os.sep)]
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None):
+    """warnings.showwarning as a new interpreter has it: to stderr (the captured buffer)."""
+    (file or sys.stderr).write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+@contextlib.contextmanager
+def process_state_kept():
+    """Put back logging, warnings, signals, env, cwd, sys.path/argv/stdio after a command."""
+    manager = logging.Logger.manager
+    loggers = {name: (logger.level, logger.disabled, logger.propagate, logger.handlers[:])
+               for name, logger in manager.loggerDict.items()
+               if isinstance(logger, logging.Logger)}
+    root = (logging.root.level, logging.root.handlers[:])
+    handlers = {s: signal.getsignal(s) for s in SIGNALS}
+    environ, cwd, path, argv = dict(os.environ), os.getcwd(), sys.path[:], sys.argv[:]
+    stdio = sys.stdin, sys.stdout, sys.stderr
+    tempdir, logging_disabled = tempfile.tempdir, manager.disable
+    try:
+        with warnings.catch_warnings():
+            yield
+    finally:
+        sys.stdin, sys.stdout, sys.stderr = stdio
+        sys.argv[:], sys.path[:] = argv, path
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(environ)
+        tempfile.tempdir = tempdir
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+        logging.root.setLevel(root[0])
+        logging.root.handlers[:] = root[1]
+        logging.disable(logging_disabled)
+        for name, logger in list(manager.loggerDict.items()):
+            if not isinstance(logger, logging.Logger):
+                continue
+            level, disabled, propagate, kept = loggers.get(name, (logging.NOTSET, False, True, []))
+            logger.setLevel(level)
+            logger.disabled, logger.propagate, logger.handlers[:] = disabled, propagate, kept
+
+
+def in_process(project, args, env, keep_stderr=True):
+    """`db ARGS` through project's CLI in this process; (exit code, stdout+stderr text)."""
+    kept = {name: sys.modules.pop(name) for name in project_modules(project)}
+    engines = []
+
+    def connected(**kw):
+        engines.append(kw["conn"].engine)
+
+    output = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="backslashreplace",
+                              newline="\n", write_through=True)
+    sink = output if keep_stderr else io.StringIO()
+    with process_state_kept():
+        os.environ.clear()
+        os.environ.update(env)
+        os.chdir(project.path)
+        tempfile.tempdir = None  # gettempdir() reads TMPDIR afresh, as a new process does
+        sys.path.insert(0, str(project.path))
+        importlib.invalidate_caches()  # a module or revision the test just wrote is seen
+        sys.stdin = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+        sys.stdout, sys.stderr = output, sink
+        warnings.resetwarnings()
+        for action, category, module in reversed(DEFAULT_WARNING_FILTERS):
+            warnings.filterwarnings(action, category=category, module=module)
+        warnings.showwarning = show_warning
+        sa.event.listen(sa.engine.Engine, "engine_connect", connected, named=True)
+        try:
+            if project.cli == "flask":
+                sys.argv = ["flask", "db", *args]
+                runpy.run_module("flask", run_name="__main__", alter_sys=True)
+            else:
+                sys.argv = [str(project.module), "db", *args]
+                runpy.run_path(str(project.module), run_name="__main__")
+            code = 0
+        except SystemExit as stop:
+            code = exit_status(stop.code)
+        except Exception:  # noqa: BLE001 -- printed as the interpreter prints it
+            traceback.print_exc()
+            code = 1
+        finally:
+            sa.event.remove(sa.engine.Engine, "engine_connect", connected)
+            for engine in engines:
+                engine.dispose()
+            atexit.unregister(gc.freeze)  # safe_migrate/cli.py's, for a process's exit
+            for name in project_modules(project):
+                del sys.modules[name]
+            sys.modules.update(kept)
+    engines.clear()
+    gc.collect()  # the app, its engines and connections: SQLite files and PG sessions freed
+    return code, output.buffer.getvalue().decode("utf-8", "backslashreplace")
+
+
+def exit_status(code):
+    """The process exit status sys.exit(code) gives: None 0, an int itself, else 1 after
+    printing it to stderr."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
 
 
 def file_hash(path):
