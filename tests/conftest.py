@@ -79,7 +79,8 @@ class Project:
             return [sys.executable, "-m", "flask", "db", *args]
         return [sys.executable, self.module, "db", *args]
 
-    def db(self, *args, env=None, timeout=120, stderr=subprocess.STDOUT, subprocess=False):
+    def db(self, *args, env=None, cwd=None, timeout=120, stderr=subprocess.STDOUT,
+           subprocess=False):
         """Run a db command through this project's CLI; return (exit code, stdout+stderr).
 
         In this test process (see in_process below) unless subprocess=True, TEST_SUBPROCESS=1,
@@ -89,8 +90,10 @@ class Project:
         behaviour, -W) passes subprocess=True. timeout applies to a subprocess only."""
         env = {"FLASK_APP": "migrate_example.py", **(env or {})}
         if subprocess or SUBPROCESS_ONLY or any(map(changes_interpreter_start, env)):
-            return self.run(*self.db_argv(*args), env=env, timeout=timeout, stderr=stderr)
-        return in_process(self, args, {**self.env, **env}, keep_stderr=stderr is not DEVNULL)
+            return self.run(*self.db_argv(*args), cwd=cwd, env=env, timeout=timeout,
+                            stderr=stderr)
+        return in_process(self, args, {**self.env, **env}, Path(cwd or self.path),
+                          keep_stderr=stderr is not DEVNULL)
 
     def run(self, *argv, cwd=None, env=None, timeout=120, stderr=subprocess.STDOUT):
         """Run a command in the project folder; return (exit code, output). Output is stdout
@@ -313,8 +316,9 @@ def process_state_kept():
             logger.disabled, logger.propagate, logger.handlers[:] = disabled, propagate, kept
 
 
-def in_process(project, args, env, keep_stderr=True):
-    """`db ARGS` through project's CLI in this process; (exit code, stdout+stderr text)."""
+def in_process(project, args, env, cwd, keep_stderr=True):
+    """`db ARGS` through project's CLI in this process, from the folder cwd; (exit code,
+    stdout+stderr text)."""
     kept = {name: sys.modules.pop(name) for name in project_modules(project)}
     engines = []
 
@@ -327,9 +331,11 @@ def in_process(project, args, env, keep_stderr=True):
     with process_state_kept():
         os.environ.clear()
         os.environ.update(env)
-        os.chdir(project.path)
+        os.chdir(cwd)
         tempfile.tempdir = None  # gettempdir() reads TMPDIR afresh, as a new process does
-        sys.path.insert(0, str(project.path))
+        # sys.path[0]: the script's folder (python migrate_example.py), or the current one
+        # (python -m flask).
+        sys.path.insert(0, str(cwd if project.cli == "flask" else project.module.parent))
         importlib.invalidate_caches()  # a module or revision the test just wrote is seen
         sys.stdin = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
         sys.stdout, sys.stderr = output, sink
