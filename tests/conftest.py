@@ -1,6 +1,7 @@
 """Fixtures: a fresh copy of the project per test, run through its CLI as a user runs it,
 against a real SQLite file or a real PostgreSQL server that the test session starts."""
 import atexit
+import compileall
 import contextlib
 import gc
 import glob
@@ -253,7 +254,8 @@ class Project:
 # on sys.path and as cwd, its environment, empty stdin, stdout and stderr into one buffer in
 # order, the exit code from SystemExit or 1 and a traceback -- and then puts back what a
 # command may change in a process: modules imported from the project copy, sys.path, cwd,
-# environment, logging, warnings, signal handlers, tempfile's folder, SQLAlchemy's pools.
+# environment, logging, warnings, signal handlers, tempfile's folder; its SQLAlchemy engines
+# are disposed of (their pooled connections closed, as a process's exit closes them).
 
 # The signals a command may install handlers for (an interrupted migration, a lock holder).
 SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
@@ -293,6 +295,7 @@ def process_state_kept():
     environ, cwd, path, argv = dict(os.environ), os.getcwd(), sys.path[:], sys.argv[:]
     stdio = sys.stdin, sys.stdout, sys.stderr
     tempdir, logging_disabled = tempfile.tempdir, manager.disable
+    no_bytecode = sys.dont_write_bytecode
     try:
         with warnings.catch_warnings():
             yield
@@ -303,6 +306,7 @@ def process_state_kept():
         os.environ.clear()
         os.environ.update(environ)
         tempfile.tempdir = tempdir
+        sys.dont_write_bytecode = no_bytecode
         for s, handler in handlers.items():
             signal.signal(s, handler)
         logging.root.setLevel(root[0])
@@ -333,6 +337,7 @@ def in_process(project, args, env, cwd, keep_stderr=True):
         os.environ.update(env)
         os.chdir(cwd)
         tempfile.tempdir = None  # gettempdir() reads TMPDIR afresh, as a new process does
+        sys.dont_write_bytecode = False  # as Project.env has it: no PYTHONDONTWRITEBYTECODE
         # sys.path[0]: the script's folder (python migrate_example.py), or the current one
         # (python -m flask).
         sys.path.insert(0, str(cwd if project.cli == "flask" else project.module.parent))
@@ -365,8 +370,6 @@ def in_process(project, args, env, cwd, keep_stderr=True):
             for name in project_modules(project):
                 del sys.modules[name]
             sys.modules.update(kept)
-    engines.clear()
-    gc.collect()  # the app, its engines and connections: SQLite files and PG sessions freed
     return code, output.buffer.getvalue().decode("utf-8", "backslashreplace")
 
 
@@ -385,11 +388,27 @@ def file_hash(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def compiled_package():
+    """This test process's copy of safe_migrate/ with its bytecode cache, made once: each
+    project copy starts with what a user's first command leaves (the .pyc files check the
+    sources' times, which copying keeps), instead of compiling the package again."""
+    global COMPILED_PACKAGE
+    if COMPILED_PACKAGE is None:
+        package = Path(tempfile.mkdtemp(prefix="safe-migrate-pyc-")) / "safe_migrate"
+        shutil.copytree(ROOT / "safe_migrate", package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        compileall.compile_dir(package, quiet=1)
+        COMPILED_PACKAGE = package
+    return COMPILED_PACKAGE
+
+
+COMPILED_PACKAGE = None
+
+
 def copy_project(dest, with_migrations=True):
     dest.mkdir()
     shutil.copy(ROOT / "migrate_example.py", dest)
-    shutil.copytree(ROOT / "safe_migrate", dest / "safe_migrate",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(compiled_package(), dest / "safe_migrate")
     if with_migrations:
         shutil.copytree(
             ROOT / "migrations", dest / "migrations", ignore=shutil.ignore_patterns("__pycache__")
