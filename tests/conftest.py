@@ -7,6 +7,7 @@ import gc
 import glob
 import hashlib
 import importlib
+import inspect
 import io
 import logging
 import os
@@ -320,9 +321,31 @@ def process_state_kept():
             logger.disabled, logger.propagate, logger.handlers[:] = disabled, propagate, kept
 
 
+class CurrentStdout:
+    """sys.stdout as it is when written to, for what bound sys.stdout once at import."""
+
+    def __getattr__(self, name):
+        return getattr(sys.stdout, name)
+
+
+def alembic_prints_to_current_stdout():
+    """Alembic's Config(stdout=sys.stdout) binds the stdout of the moment Alembic is
+    imported (a new process's own); here that is pytest's capture or an earlier command's
+    buffer, so make the default follow sys.stdout. Once; idempotent."""
+    from alembic.config import Config
+
+    names = list(inspect.signature(Config.__init__).parameters)[1:]
+    defaults = list(Config.__init__.__defaults__)
+    index = names.index("stdout") - (len(names) - len(defaults))
+    if not isinstance(defaults[index], CurrentStdout):
+        defaults[index] = CurrentStdout()
+        Config.__init__.__defaults__ = tuple(defaults)
+
+
 def in_process(project, args, env, cwd, keep_stderr=True):
     """`db ARGS` through project's CLI in this process, from the folder cwd; (exit code,
     stdout+stderr text)."""
+    alembic_prints_to_current_stdout()
     kept = {name: sys.modules.pop(name) for name in project_modules(project)}
     engines = []
 
@@ -351,10 +374,10 @@ def in_process(project, args, env, cwd, keep_stderr=True):
         sa.event.listen(sa.engine.Engine, "engine_connect", connected, named=True)
         try:
             if project.cli == "flask":
-                sys.argv = ["flask", "db", *args]
+                sys.argv = ["flask", "db", *map(str, args)]
                 runpy.run_module("flask", run_name="__main__", alter_sys=True)
             else:
-                sys.argv = [str(project.module), "db", *args]
+                sys.argv = [str(project.module), "db", *map(str, args)]
                 runpy.run_path(str(project.module), run_name="__main__")
             code = 0
         except SystemExit as stop:
