@@ -382,8 +382,8 @@ def in_process(project, args, env, cwd, keep_stderr=True):
             code = 0
         except SystemExit as stop:
             code = exit_status(stop.code)
-        except Exception:  # noqa: BLE001 -- printed as the interpreter prints it
-            traceback.print_exc()
+        except Exception as error:  # noqa: BLE001 -- printed as the interpreter prints it
+            print_uncaught(error)
             code = 1
         finally:
             sa.event.remove(sa.engine.Engine, "engine_connect", connected)
@@ -394,6 +394,15 @@ def in_process(project, args, env, cwd, keep_stderr=True):
                 del sys.modules[name]
             sys.modules.update(kept)
     return code, output.buffer.getvalue().decode("utf-8", "backslashreplace")
+
+
+def print_uncaught(error):
+    """The traceback Python prints of an uncaught exception, from the command's own frames
+    (not this file's, nor runpy's)."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename in (__file__, "<frozen runpy>"):
+        tb = tb.tb_next
+    traceback.print_exception(type(error), error, tb)
 
 
 def exit_status(code):
