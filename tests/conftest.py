@@ -153,6 +153,12 @@ class Project:
         text = self.module.read_text()
         assert old in text, old
         self.module.write_text(text.replace(old, new, 1))
+        # `flask db` imports the module through its bytecode cache, which checks the source's
+        # mtime in whole seconds and its size: an edit within the second of the last command
+        # that keeps the size (age -> years, String -> Text) would not be seen. A user's edit
+        # comes later than that; drop the cache as if it had.
+        for cached in (self.path / "__pycache__").glob(f"{self.module.stem}.*.pyc"):
+            cached.unlink()
 
     def engine(self):
         return sa.create_engine(self.database_url)
