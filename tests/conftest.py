@@ -433,6 +433,7 @@ def compiled_package():
     global COMPILED_PACKAGE
     if COMPILED_PACKAGE is None:
         package = Path(tempfile.mkdtemp(prefix="safe-migrate-pyc-")) / "safe_migrate"
+        atexit.register(shutil.rmtree, package.parent, ignore_errors=True)
         shutil.copytree(ROOT / "safe_migrate", package,
                         ignore=shutil.ignore_patterns("__pycache__"))
         compileall.compile_dir(package, quiet=1)
