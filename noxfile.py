@@ -1,14 +1,21 @@
-"""Test sessions: the whole suite on Python 3.13 (the newest) with coverage across the CLI
-subprocesses, through both CLIs; the SQLite half on 3.11 (a fresh machine's Python), through the
-Manager. `nox` runs those two, each with one test process per core (pytest-xdist); CI's time
-allows no more on 2 cores. `nox -s sqlite-3.12` runs the SQLite half on 3.12, `nox -s tests` one. `nox -s modern-3.13` runs the
-whole suite on the modern profile (requirements-modern.txt); it is not in the default run."""
+"""Test sessions. `nox` runs what CI runs, within its 30 minutes on 2 cores:
+
+- `tests`: the legacy profile (requirements.txt) on Python 3.13, every test (SQLite,
+  PostgreSQL, MariaDB) through both CLIs, with coverage of the package;
+- `modern-3.13`: the same tests on the modern profile (requirements-modern.txt);
+- `legacy-3.11`, `modern-3.11`: each profile on the oldest Python, the backend-independent and
+  SQLite tests through the Manager (PostgreSQL, MariaDB and Flask's CLI run on 3.13 only).
+
+Single `db` commands run inside the test process (tests/conftest.py, in_process); tests that
+need a real process (signals, kills, ptys, locks, start-up) start one. `nox -s subprocess`
+runs every test with every command in a new interpreter, as a user runs it (TEST_SUBPROCESS=1);
+it is not in the default run. `nox -s tests-3.12`-style names: `nox -l` lists them all."""
 import os
 from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["tests", "sqlite-3.11"]
+nox.options.sessions = ["tests", "modern-3.13", "legacy-3.11", "modern-3.11"]
 nox.options.error_on_missing_interpreters = True
 
 # This machine's other Pythons are pyenv builds, not on PATH: put them after the default one.
@@ -16,19 +23,23 @@ PYENV_VERSIONS = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "v
 os.environ["PATH"] = os.pathsep.join(
     [os.environ["PATH"], *map(str, sorted(PYENV_VERSIONS.glob("3.1[123].*/bin")))])
 ROOT = Path(__file__).resolve().parent
-# One test process per core (pytest-xdist); each starts its own PostgreSQL server.
+# One test process per core (pytest-xdist); each starts its own database servers.
 XDIST = ["-n", "auto", "--dist", "worksteal", "--durations=15"]
+PROFILES = {"legacy": "requirements.txt", "modern": "requirements-modern.txt"}
+# The oldest Python's subset: no database server, the Manager's CLI.
+SUBSET = ["-m", "not postgresql and not mariadb"]
 
 
-def install(session):
-    session.install("-q", "-r", "requirements.txt", "-r", "tests/requirements.txt")
+def install(session, profile="legacy"):
+    session.install("-q", "-r", PROFILES[profile], "-r", "tests/requirements.txt")
 
 
 @nox.session(python="3.13")
 def tests(session):
-    """Every test, on SQLite and PostgreSQL, with coverage of the package. Coverage runs on
-    sys.monitoring (3.12+): about +15% CPU in the CLI subprocesses, against +60-80% for its
-    trace function."""
+    """Every test on the legacy profile, with coverage of the package. Coverage runs on
+    sys.monitoring (3.12+): commands run in the test process are measured there, from the
+    project copies ([tool.coverage.paths] maps them back), subprocesses through its
+    subprocess patch."""
     install(session)
     session.env["COVERAGE_FILE"] = str(ROOT / ".coverage")
     session.env["COVERAGE_CORE"] = "sysmon"
@@ -38,18 +49,37 @@ def tests(session):
     session.run("coverage", "report")
 
 
-@nox.session(python=["3.11", "3.12"])
-def sqlite(session):
-    """The SQLite tests on the older Pythons, through the Manager (the 3.13 session runs
-    every test through both CLIs)."""
-    install(session)
-    session.env["TEST_CLIS"] = "manager"
-    session.run("python", "-m", "pytest", *XDIST, "-m", "not postgresql", *session.posargs)
-
-
-@nox.session(python=["3.11", "3.13"])
-def modern(session):
+@nox.session(python="3.13", name="modern-3.13")
+def modern_newest(session):
     """Every test on the modern profile (Flask 3, flask-script-ng, Flask-SQLAlchemy 3,
     SQLAlchemy 2, Alembic 1.20), through both CLIs."""
-    session.install("-q", "-r", "requirements-modern.txt", "-r", "tests/requirements.txt")
+    install(session, "modern")
+    session.run("python", "-m", "pytest", *XDIST, *session.posargs)
+
+
+def oldest(session, profile):
+    """The backend-independent and SQLite tests on an older Python, through the Manager."""
+    install(session, profile)
+    session.env["TEST_CLIS"] = "manager"
+    session.run("python", "-m", "pytest", *XDIST, *SUBSET, *session.posargs)
+
+
+@nox.session(python=["3.11", "3.12"])
+def legacy(session):
+    """The legacy profile's subset on an older Python (oldest)."""
+    oldest(session, "legacy")
+
+
+@nox.session(python=["3.11", "3.12"])
+def modern(session):
+    """The modern profile's subset on an older Python (oldest)."""
+    oldest(session, "modern")
+
+
+@nox.session(python="3.13")
+def subprocess(session):
+    """Every test, every db command in a new interpreter (TEST_SUBPROCESS=1): the suite as a
+    user runs the CLIs, when a change to tests/conftest.py's in-process runner is in doubt."""
+    install(session)
+    session.env["TEST_SUBPROCESS"] = "1"
     session.run("python", "-m", "pytest", *XDIST, *session.posargs)

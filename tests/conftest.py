@@ -1,18 +1,30 @@
 """Fixtures: a fresh copy of the project per test, run through its CLI as a user runs it,
 against a real SQLite file or a real PostgreSQL server that the test session starts."""
+import atexit
+import compileall
+import contextlib
+import gc
 import glob
 import hashlib
+import importlib
+import inspect
+import io
+import logging
 import os
 import pty
 import pwd
+import runpy
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
+import traceback
 import uuid
+import warnings
 from pathlib import Path
 
 import pytest
@@ -33,6 +45,18 @@ PG_PASSWORD = "migrate-secret"
 def pytest_configure(config):
     config.addinivalue_line("markers", "postgresql: needs a PostgreSQL server (initdb)")
     config.addinivalue_line("markers", "mariadb: needs a MariaDB server (mariadb-server)")
+
+
+# TEST_SUBPROCESS=1: every db command in a new interpreter, as a user runs it (noxfile.py's
+# `subprocess` session); otherwise single db commands run in the test process (in_process).
+SUBPROCESS_ONLY = os.environ.get("TEST_SUBPROCESS") == "1"
+DEVNULL = subprocess.DEVNULL
+
+
+def changes_interpreter_start(name):
+    """Whether an environment variable acts when Python starts (PYTHONPATH, -W's
+    PYTHONWARNINGS, the locale of stdio...): a command with it set needs a new interpreter."""
+    return name.startswith(("PYTHON", "LC_")) or name in ("LANG", "LANGUAGE")
 
 
 class Project:
@@ -57,10 +81,21 @@ class Project:
             return [sys.executable, "-m", "flask", "db", *args]
         return [sys.executable, self.module, "db", *args]
 
-    def db(self, *args, **kwargs):
-        """Run a db command through this project's CLI; return (exit code, stdout+stderr)."""
-        env = {"FLASK_APP": "migrate_example.py", **kwargs.pop("env", {})}
-        return self.run(*self.db_argv(*args), env=env, **kwargs)
+    def db(self, *args, env=None, cwd=None, timeout=120, stderr=subprocess.STDOUT,
+           subprocess=False):
+        """Run a db command through this project's CLI; return (exit code, stdout+stderr).
+
+        In this test process (see in_process below) unless subprocess=True, TEST_SUBPROCESS=1,
+        or env sets a variable Python reads at start-up (PYTHON*, locale): the output and exit
+        code are the same, without the ~0.8 s of imports a new interpreter costs. A test that
+        needs a real process (a signal, a kill, a second process at once, import-time
+        behaviour, -W) passes subprocess=True. timeout applies to a subprocess only."""
+        env = {"FLASK_APP": "migrate_example.py", **(env or {})}
+        if subprocess or SUBPROCESS_ONLY or any(map(changes_interpreter_start, env)):
+            return self.run(*self.db_argv(*args), cwd=cwd, env=env, timeout=timeout,
+                            stderr=stderr)
+        return in_process(self, args, {**self.env, **env}, Path(cwd or self.path),
+                          keep_stderr=stderr is not DEVNULL)
 
     def run(self, *argv, cwd=None, env=None, timeout=120, stderr=subprocess.STDOUT):
         """Run a command in the project folder; return (exit code, output). Output is stdout
@@ -118,6 +153,12 @@ class Project:
         text = self.module.read_text()
         assert old in text, old
         self.module.write_text(text.replace(old, new, 1))
+        # `flask db` imports the module through its bytecode cache, which checks the source's
+        # mtime in whole seconds and its size: an edit within the second of the last command
+        # that keeps the size (age -> years, String -> Text) would not be seen. A user's edit
+        # comes later than that; drop the cache as if it had.
+        for cached in (self.path / "__pycache__").glob(f"{self.module.stem}.*.pyc"):
+            cached.unlink()
 
     def engine(self):
         return sa.create_engine(self.database_url)
@@ -212,15 +253,201 @@ class Project:
         return [s.revision for s in reversed(list(scripts.walk_revisions()))]
 
 
+# --- db commands in the test process ---------------------------------------------------
+#
+# Starting Python and importing Flask, SQLAlchemy and Alembic costs ~0.8 s per command, most
+# of the suite's time. in_process runs the command the way the interpreter would -- the
+# module as __main__ (Manager) or `python -m flask` (Flask's CLI), the project folder first
+# on sys.path and as cwd, its environment, empty stdin, stdout and stderr into one buffer in
+# order, the exit code from SystemExit or 1 and a traceback -- and then puts back what a
+# command may change in a process: modules imported from the project copy, sys.path, cwd,
+# environment, logging, warnings, signal handlers, tempfile's folder; its SQLAlchemy engines
+# are disposed of (their pooled connections closed, as a process's exit closes them).
+
+# The signals a command may install handlers for (an interrupted migration, a lock holder).
+SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+           signal.SIGUSR2, signal.SIGALRM, signal.SIGPIPE]
+# A new interpreter's warning filters (Python 3.11-3.13, no -W, no PYTHONWARNINGS): pytest
+# records warnings instead, which would hide the ones a user sees.
+DEFAULT_WARNING_FILTERS = [("default", DeprecationWarning, "__main__"),
+                           ("ignore", DeprecationWarning, ""),
+                           ("ignore", PendingDeprecationWarning, ""),
+                           ("ignore", ImportWarning, ""),
+                           ("ignore", ResourceWarning, "")]
+
+
+def project_modules(project):
+    """The modules a command imports from the project copy: the app and the package."""
+    folder = str(project.path)
+    return [name for name, module in list(sys.modules.items())
+            if name == "migrate_example" or name == "safe_migrate"
+            or name.startswith("safe_migrate.")
+            or (getattr(module, "__file__", None) or "").startswith(folder + os.sep)]
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None):
+    """warnings.showwarning as a new interpreter has it: to stderr (the captured buffer)."""
+    (file or sys.stderr).write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+@contextlib.contextmanager
+def process_state_kept():
+    """Put back logging, warnings, signals, env, cwd, sys.path/argv/stdio after a command."""
+    manager = logging.Logger.manager
+    loggers = {name: (logger.level, logger.disabled, logger.propagate, logger.handlers[:])
+               for name, logger in manager.loggerDict.items()
+               if isinstance(logger, logging.Logger)}
+    root = (logging.root.level, logging.root.handlers[:])
+    handlers = {s: signal.getsignal(s) for s in SIGNALS}
+    environ, cwd, path, argv = dict(os.environ), os.getcwd(), sys.path[:], sys.argv[:]
+    stdio = sys.stdin, sys.stdout, sys.stderr
+    tempdir, logging_disabled = tempfile.tempdir, manager.disable
+    no_bytecode = sys.dont_write_bytecode
+    try:
+        with warnings.catch_warnings():
+            yield
+    finally:
+        sys.stdin, sys.stdout, sys.stderr = stdio
+        sys.argv[:], sys.path[:] = argv, path
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(environ)
+        tempfile.tempdir = tempdir
+        sys.dont_write_bytecode = no_bytecode
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+        logging.root.setLevel(root[0])
+        logging.root.handlers[:] = root[1]
+        logging.disable(logging_disabled)
+        for name, logger in list(manager.loggerDict.items()):
+            if not isinstance(logger, logging.Logger):
+                continue
+            level, disabled, propagate, kept = loggers.get(name, (logging.NOTSET, False, True, []))
+            logger.setLevel(level)
+            logger.disabled, logger.propagate, logger.handlers[:] = disabled, propagate, kept
+
+
+class CurrentStdout:
+    """sys.stdout as it is when written to, for what bound sys.stdout once at import."""
+
+    def __getattr__(self, name):
+        return getattr(sys.stdout, name)
+
+
+def alembic_prints_to_current_stdout():
+    """Alembic's Config(stdout=sys.stdout) binds the stdout of the moment Alembic is
+    imported (a new process's own); here that is pytest's capture or an earlier command's
+    buffer, so make the default follow sys.stdout. Once; idempotent."""
+    from alembic.config import Config
+
+    names = list(inspect.signature(Config.__init__).parameters)[1:]
+    defaults = list(Config.__init__.__defaults__)
+    index = names.index("stdout") - (len(names) - len(defaults))
+    if not isinstance(defaults[index], CurrentStdout):
+        defaults[index] = CurrentStdout()
+        Config.__init__.__defaults__ = tuple(defaults)
+
+
+def in_process(project, args, env, cwd, keep_stderr=True):
+    """`db ARGS` through project's CLI in this process, from the folder cwd; (exit code,
+    stdout+stderr text)."""
+    alembic_prints_to_current_stdout()
+    kept = {name: sys.modules.pop(name) for name in project_modules(project)}
+    engines = []
+
+    def connected(**kw):
+        engines.append(kw["conn"].engine)
+
+    output = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="backslashreplace",
+                              newline="\n", write_through=True)
+    sink = output if keep_stderr else io.StringIO()
+    with process_state_kept():
+        os.environ.clear()
+        os.environ.update(env)
+        os.chdir(cwd)
+        tempfile.tempdir = None  # gettempdir() reads TMPDIR afresh, as a new process does
+        sys.dont_write_bytecode = False  # as Project.env has it: no PYTHONDONTWRITEBYTECODE
+        # sys.path[0]: the script's folder (python migrate_example.py), or the current one
+        # (python -m flask).
+        sys.path.insert(0, str(cwd if project.cli == "flask" else project.module.parent))
+        importlib.invalidate_caches()  # a module or revision the test just wrote is seen
+        sys.stdin = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+        sys.stdout, sys.stderr = output, sink
+        warnings.resetwarnings()
+        for action, category, module in reversed(DEFAULT_WARNING_FILTERS):
+            warnings.filterwarnings(action, category=category, module=module)
+        warnings.showwarning = show_warning
+        sa.event.listen(sa.engine.Engine, "engine_connect", connected, named=True)
+        try:
+            if project.cli == "flask":
+                sys.argv = ["flask", "db", *map(str, args)]
+                runpy.run_module("flask", run_name="__main__", alter_sys=True)
+            else:
+                sys.argv = [str(project.module), "db", *map(str, args)]
+                runpy.run_path(str(project.module), run_name="__main__")
+            code = 0
+        except SystemExit as stop:
+            code = exit_status(stop.code)
+        except Exception as error:  # noqa: BLE001 -- printed as the interpreter prints it
+            print_uncaught(error)
+            code = 1
+        finally:
+            sa.event.remove(sa.engine.Engine, "engine_connect", connected)
+            for engine in engines:
+                engine.dispose()
+            atexit.unregister(gc.freeze)  # safe_migrate/cli.py's, for a process's exit
+            for name in project_modules(project):
+                del sys.modules[name]
+            sys.modules.update(kept)
+    return code, output.buffer.getvalue().decode("utf-8", "backslashreplace")
+
+
+def print_uncaught(error):
+    """The traceback Python prints of an uncaught exception, from the command's own frames
+    (not this file's, nor runpy's)."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename in (__file__, "<frozen runpy>"):
+        tb = tb.tb_next
+    traceback.print_exception(type(error), error, tb)
+
+
+def exit_status(code):
+    """The process exit status sys.exit(code) gives: None 0, an int itself, else 1 after
+    printing it to stderr."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
 def file_hash(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def compiled_package():
+    """This test process's copy of safe_migrate/ with its bytecode cache, made once: each
+    project copy starts with what a user's first command leaves (the .pyc files check the
+    sources' times, which copying keeps), instead of compiling the package again."""
+    global COMPILED_PACKAGE
+    if COMPILED_PACKAGE is None:
+        package = Path(tempfile.mkdtemp(prefix="safe-migrate-pyc-")) / "safe_migrate"
+        atexit.register(shutil.rmtree, package.parent, ignore_errors=True)
+        shutil.copytree(ROOT / "safe_migrate", package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        compileall.compile_dir(package, quiet=1)
+        COMPILED_PACKAGE = package
+    return COMPILED_PACKAGE
+
+
+COMPILED_PACKAGE = None
 
 
 def copy_project(dest, with_migrations=True):
     dest.mkdir()
     shutil.copy(ROOT / "migrate_example.py", dest)
-    shutil.copytree(ROOT / "safe_migrate", dest / "safe_migrate",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(compiled_package(), dest / "safe_migrate")
     if with_migrations:
         shutil.copytree(
             ROOT / "migrations", dest / "migrations", ignore=shutil.ignore_patterns("__pycache__")

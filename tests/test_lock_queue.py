@@ -33,8 +33,8 @@ def blocked(project):
     project.add_revision("nick0001", ADD_NICKNAME)
     engine = project.engine()
     holder = engine.connect()
+    transaction = holder.begin()  # before any statement: SQLAlchemy 2 would autobegin one
     pid = holder.execute(sa.text("SELECT pg_backend_pid()")).scalar()
-    transaction = holder.begin()
     holder.execute(sa.text("SELECT count(*) FROM employee")).scalar()
     yield project, transaction, pid
     holder.close()

@@ -17,10 +17,14 @@ import os
 from pathlib import Path
 
 from flask import Flask
-from flask_script import Manager
 from flask_sqlalchemy import SQLAlchemy
 
 from safe_migrate import Migrate, MigrateCommand, metadata
+
+try:
+    from flask_script import Manager
+except ImportError:  # Flask 2.2 and later (the modern profile): flask-script-ng
+    from flask_script_ng import Manager
 
 HERE = Path(__file__).resolve().parent
 app = Flask(__name__, instance_path=str(HERE / "instance"), static_folder=None)

@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from importlib.metadata import version
 
 import pytest
 from conftest import CLIS, ROOT
@@ -14,10 +15,14 @@ MANAGE_PY = '''
 import os
 
 from flask import Flask
-from flask_script import Manager
 from flask_sqlalchemy import SQLAlchemy
 
 from safe_migrate import Migrate, MigrateCommand, metadata
+
+try:
+    from flask_script import Manager
+except ImportError:  # Flask 2.2 and later (the modern profile): flask-script-ng
+    from flask_script_ng import Manager
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 app = Flask(__name__, instance_path=os.path.join(HERE, "instance"), static_folder=None)
@@ -73,13 +78,15 @@ def venv(tmp_path_factory):
     where = tmp_path_factory.mktemp("adopt")
     source = where / "source"
     source.mkdir()
-    for name in ("pyproject.toml", "README.md", "requirements.txt"):
+    # The profile this test runs on: its pins (the legacy ones, or requirements-modern.txt).
+    pins = "requirements.txt" if version("flask").startswith("1.") else "requirements-modern.txt"
+    for name in ("pyproject.toml", "README.md", pins):
         shutil.copy(ROOT / name, source)
     shutil.copytree(ROOT / "safe_migrate", source / "safe_migrate",
                     ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "venv", where / "venv"], check=True)
     pip = subprocess.run([where / "venv" / "bin" / "pip", "install", "-q",
-                          "-r", source / "requirements.txt", source],
+                          "-r", source / pins, source],
                          capture_output=True, text=True, check=False)
     assert pip.returncode == 0, pip.stderr
     return where / "venv" / "bin"
