@@ -103,7 +103,8 @@ def help_texts(doc: str | None) -> tuple[str, str]:
     """(help, short help) from a command's docstring: its indentation gone, and the short
     help the text before its first parenthesis, cut to fit the list of commands."""
     text = inspect.cleandoc(doc or "")
-    return text, click.utils.make_default_short_help(text.split(" (")[0], 45)
+    # click's own shortening, through its public API (click.utils' helper is deprecated in 8.5).
+    return text, click.Command(None, help=text.split(" (")[0]).get_short_help_str(45)
 
 
 class DbCommandClick(click.Command):
