@@ -27,6 +27,17 @@ def include_name_with(ours: Callable, theirs: Callable | None) -> Callable:
     return include_name
 
 
+def include_object_with(ours: Callable, theirs: Callable | None) -> Callable:
+    """Alembic's include_object hook: ours, and the app's if it has one."""
+    if theirs is None:
+        return ours
+
+    def include_object(*args) -> bool:
+        return bool(ours(*args) and theirs(*args))
+
+    return include_object
+
+
 def on_version_apply_with(ours: Callable, theirs: Callable | None) -> Callable:
     """Alembic's on_version_apply hook: ours, then the app's."""
     if theirs is None:
@@ -54,8 +65,12 @@ def directives_with(ours: Callable, theirs: Callable | None) -> Callable:
 
 def check_options(state, include_name: Callable) -> dict:
     """The options `db check` compares with: the app's, with types compared unless it says
-    otherwise, and include_name combined with ours."""
+    otherwise, and include_name and include_object combined with ours."""
     options = {"compare_type": True, **app_options(state)}
+    from .autogenerate import leave_expression_indexes
+
     options["include_name"] = include_name_with(include_name, options.get("include_name"))
+    options["include_object"] = include_object_with(leave_expression_indexes,
+                                                    options.get("include_object"))
     options["target_metadata"] = state.metadata
     return options

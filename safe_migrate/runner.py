@@ -21,6 +21,7 @@ from flask import current_app
 
 from . import connections, guards, journal, mysql, postgres
 from .autogenerate import (
+    leave_expression_indexes,
     library_warnings_as_notes,
     revision_directives_hook,
 )
@@ -35,6 +36,7 @@ from .hooks import (
     app_options,
     directives_with,
     include_name_with,
+    include_object_with,
     on_version_apply_with,
 )
 from .options import run_options
@@ -287,6 +289,8 @@ class Run:
                "on_version_apply": on_version_apply_with(self.after_revision,
                                                          app.get("on_version_apply")),
                "include_name": include_name_with(not_our_bookkeeping, app.get("include_name")),
+               "include_object": include_object_with(leave_expression_indexes,
+                                                     app.get("include_object")),
                "process_revision_directives": directives_with(
                    revision_directives_hook(self.options, autogenerate),
                    app.get("process_revision_directives"))})

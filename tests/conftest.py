@@ -7,6 +7,7 @@ import gc
 import glob
 import hashlib
 import importlib
+import importlib.metadata
 import inspect
 import io
 import logging
@@ -45,6 +46,31 @@ PG_PASSWORD = "migrate-secret"
 def pytest_configure(config):
     config.addinivalue_line("markers", "postgresql: needs a PostgreSQL server (initdb)")
     config.addinivalue_line("markers", "mariadb: needs a MariaDB server (mariadb-server)")
+
+
+# The modern profile (requirements-modern.txt): Flask 2.2 and later, with flask-script-ng.
+MODERN = int(importlib.metadata.version("flask").split(".")[0]) >= 2
+
+
+def known_modern_failures() -> dict[str, str]:
+    """{test id: its cause} from tests/modern_known_failures.txt (a cause line, then its ids)."""
+    known, cause = {}, ""
+    for line in (ROOT / "tests" / "modern_known_failures.txt").read_text().splitlines():
+        if line.startswith("# "):
+            cause = line[2:]
+        elif line.strip():
+            known[line.strip()] = cause
+    return known
+
+
+def pytest_collection_modifyitems(config, items):
+    """On the modern profile, the tests known not to hold there yet are strict xfails."""
+    if not MODERN:
+        return
+    known = known_modern_failures()
+    for item in items:
+        if item.nodeid in known:
+            item.add_marker(pytest.mark.xfail(reason=known[item.nodeid], strict=True))
 
 
 # TEST_SUBPROCESS=1: every db command in a new interpreter, as a user runs it (noxfile.py's
@@ -150,14 +176,19 @@ class Project:
 
     def edit_module(self, old, new):
         """Change the models the way a user edits migrate_example.py."""
-        text = self.module.read_text()
+        self.edit_file(self.module, old, new)
+
+    @staticmethod
+    def edit_file(path, old, new):
+        """Change a Python file (the module, a revision) the way a user edits it."""
+        text = path.read_text()
         assert old in text, old
-        self.module.write_text(text.replace(old, new, 1))
-        # `flask db` imports the module through its bytecode cache, which checks the source's
-        # mtime in whole seconds and its size: an edit within the second of the last command
-        # that keeps the size (age -> years, String -> Text) would not be seen. A user's edit
-        # comes later than that; drop the cache as if it had.
-        for cached in (self.path / "__pycache__").glob(f"{self.module.stem}.*.pyc"):
+        path.write_text(text.replace(old, new, 1))
+        # Python imports it through its bytecode cache, which checks the source's mtime in
+        # whole seconds and its size: an edit within the second of the last command that keeps
+        # the size (age -> years, String -> Text) would not be seen. A user's edit comes later
+        # than that; drop the cache as if it had.
+        for cached in (path.parent / "__pycache__").glob(f"{path.stem}.*.pyc"):
             cached.unlink()
 
     def engine(self):

@@ -274,7 +274,7 @@ def test_a_half_failing_revision_says_what_committed_and_resumes_once_fixed(proj
 def test_a_changed_committed_statement_is_refused(project):
     path = project.add_revision("half0002", HALF_FAILING)
     assert project.db("upgrade")[0] != 0
-    path.write_text(path.read_text().replace('sa.String(20)', 'sa.String(30)'))
+    project.edit_file(path, "sa.String(20)", "sa.String(30)")
     code, out = project.db("upgrade")
     assert code != 0
     assert "statement 1" in out and "put that statement back" in out, out
