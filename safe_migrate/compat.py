@@ -26,19 +26,20 @@ __all__ = ["default_engine_is", "flask_script"]
 
 
 @contextmanager
-def default_engine_is(db, connection) -> Iterator[None]:
+def default_engine_is(db, connection, bind: str | None = None) -> Iterator[None]:
     """Flask-SQLAlchemy 3's session takes its engine from `db.engines` (the app's, by bind
     key), not from the session's configured binds as 2.5's does (runner.app_session_on):
-    within the block the default bind's is the run's connection. Other binds keep theirs."""
+    within the block the engine of `bind` (None: the default one) is the run's connection.
+    Other binds keep theirs."""
     engines = getattr(db, "engines", None)
     if engines is None or getattr(db, "session", None) is None:
         yield
         return
-    saved = engines.get(None)
+    saved = engines.get(bind)
     db.session.remove()
-    engines[None] = connection
+    engines[bind] = connection
     try:
         yield
     finally:
         db.session.remove()
-        engines[None] = saved
+        engines[bind] = saved

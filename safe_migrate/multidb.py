@@ -80,6 +80,10 @@ class BindState(MigrateState):
     @property
     def metadata(self) -> sa.MetaData:
         """The models' tables of this database, with the app's naming convention."""
+        metadatas = getattr(self.db, "metadatas", None)
+        if metadatas is not None:  # Flask-SQLAlchemy 3: one MetaData per bind, with that name
+            return metadatas.get(self.bind) or sa.MetaData(
+                naming_convention=self.db.metadata.naming_convention)
         metadata = sa.MetaData(naming_convention=self.db.metadata.naming_convention)
         for table in self.db.metadata.tables.values():
             if table.info.get("bind_key") == self.bind:

@@ -190,7 +190,7 @@ def app_session_on(db, connection, bind: str | None = None):
     transaction the runner began.) Tables of other binds keep their engines."""
     factory = getattr(getattr(db, "session", None), "session_factory", None)
     if factory is None or not hasattr(db, "get_binds"):
-        with default_engine_is(db, connection):  # Flask-SQLAlchemy 3
+        with default_engine_is(db, connection, bind):  # Flask-SQLAlchemy 3
             yield
         return
     app = current_app._get_current_object()
