@@ -291,7 +291,8 @@ def test_backfill_goes_in_batches_and_resumes_where_it_stopped(pg_engine):
         conn.execute(sa.text("INSERT INTO item (id, n) SELECT i, i FROM generate_series(1, 95) i"))
         conn.execute(sa.text("UPDATE item SET n = 0 WHERE id = 57"))  # 1 / 0 stops the backfill
     updates = []
-    value = sa.literal(100) / sa.column("n")
+    # PostgreSQL's integer division (SQLAlchemy 2 renders `/` as true division).
+    value = sa.func.div(100, sa.column("n"))
     with pg_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         sa.event.listen(conn, "before_cursor_execute",
                         lambda *args: updates.append(args[2].startswith("UPDATE")))
