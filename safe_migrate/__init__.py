@@ -16,6 +16,9 @@ from .backfill import backfill
 from .cli import flask_script_manager
 from .errors import MigrationError
 from .extension import NAMING_CONVENTION, Migrate, metadata
+from .import_errors import install as one_line_url_errors_at_import
+
+one_line_url_errors_at_import()  # Flask-SQLAlchemy 3: the engine is made at the app's import
 
 MigrateCommand = flask_script_manager()
 

@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import traceback
 import uuid
 import warnings
 from pathlib import Path
@@ -330,6 +329,7 @@ def process_state_kept():
                if isinstance(logger, logging.Logger)}
     root = (logging.root.level, logging.root.handlers[:])
     handlers = {s: signal.getsignal(s) for s in SIGNALS}
+    excepthook = sys.excepthook
     environ, cwd, path, argv = dict(os.environ), os.getcwd(), sys.path[:], sys.argv[:]
     stdio = sys.stdin, sys.stdout, sys.stderr
     tempdir, logging_disabled = tempfile.tempdir, manager.disable
@@ -339,6 +339,7 @@ def process_state_kept():
             yield
     finally:
         sys.stdin, sys.stdout, sys.stderr = stdio
+        sys.excepthook = excepthook
         sys.argv[:], sys.path[:] = argv, path
         os.chdir(cwd)
         os.environ.clear()
@@ -439,7 +440,7 @@ def print_uncaught(error):
     tb = error.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename in (__file__, "<frozen runpy>"):
         tb = tb.tb_next
-    traceback.print_exception(type(error), error, tb)
+    sys.excepthook(type(error), error, tb)  # as the interpreter does (the package adds one)
 
 
 def exit_status(code):
@@ -451,6 +452,15 @@ def exit_status(code):
         return code
     print(code, file=sys.stderr)
     return 1
+
+
+def sqlalchemy_parse_error(url):
+    """SQLAlchemy's own words for a URL it cannot parse (1.4 quotes the string, 2.0 does not)."""
+    try:
+        sa.engine.make_url(url)
+    except sa.exc.ArgumentError as error:
+        return str(error)
+    raise AssertionError(f"{url} parses")
 
 
 def file_hash(path):

@@ -5,7 +5,7 @@ import subprocess
 import textwrap
 
 import pytest
-from conftest import CLIS, file_hash
+from conftest import CLIS, file_hash, sqlalchemy_parse_error
 
 INJECTED = "injected failure"
 
@@ -262,9 +262,7 @@ def test_malformed_database_url_is_one_line(sqlite_project):
 
     assert code == 1
     assert output.strip() == (
-        "Error: DATABASE_URL is not a database URL "
-        "(Could not parse SQLAlchemy URL from string 'postgres//nohost')"
-    )
+        f"Error: DATABASE_URL is not a database URL ({sqlalchemy_parse_error('postgres//nohost')})")
 
 
 def test_a_malformed_timeout_is_one_line(sqlite_project):
