@@ -1,19 +1,36 @@
 """Adopting a project that predates the package: a database and history made by bare
-Flask-Migrate 2.7 come under the tool with no spurious revision, and its old revisions run
-with the names they were written for."""
+Flask-Migrate (2.7 on the legacy profile, 4.1's `flask db` on the modern one) come under the
+tool with no spurious revision, and its old revisions run with the names they were written
+for."""
 import shutil
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import MODERN, ROOT
 
 
 def bare_app():
     """The tutorial's module as published (bench/tutorial_app.py: bare Flask-Migrate 2.7, no
-    safe_migrate), reading DATABASE_URL as ours does."""
+    safe_migrate), reading DATABASE_URL as ours does; on the modern profile the same app on
+    Flask-Migrate 4.1, whose `db` commands are `flask db` only (it has no MigrateCommand)."""
     text = (ROOT / "bench" / "tutorial_app.py").read_text()
+    if MODERN:
+        text = text.replace("import Migrate, MigrateCommand", "import Migrate").replace(
+            "from flask_script import", "from flask_script_ng import").replace(
+            'manager.add_command("db", MigrateCommand)\n', "")
     return "import os\n" + text.replace(
         '"sqlite:///data.db"', 'os.environ.get("DATABASE_URL", "sqlite:///data.db")')
+
+
+def bare_db(project, *args):
+    """A db command of the bare app: `python bare_app.py db ...`, or `flask db ...` (4.1), on
+    the project's database by its absolute URL (Flask-SQLAlchemy 3 would put a relative SQLite
+    path under instance/)."""
+    env = {"DATABASE_URL": project.database_url}
+    if MODERN:
+        return project.run(sys.executable, "-m", "flask", "db", *args,
+                           env={**env, "FLASK_APP": "bare_app.py"})
+    return project.run(sys.executable, "bare_app.py", "db", *args, env=env)
 
 
 @pytest.fixture
@@ -23,7 +40,7 @@ def built_by_flask_migrate(make_project, database_url):
     project = make_project(database_url=database_url, with_migrations=False)
     (project.path / "bare_app.py").write_text(bare_app())
     for step in (["init"], ["migrate", "-m", "tutorial"], ["upgrade"]):
-        code, output = project.run(sys.executable, "bare_app.py", "db", *step)
+        code, output = bare_db(project, *step)
         assert code == 0, output
     project.populate(rows=100)
     shutil.copy(ROOT / "safe_migrate" / "templates" / "flask" / "env.py",
