@@ -6,17 +6,25 @@ import filecmp
 import sys
 
 import pytest
-from conftest import CLIS, ROOT
+from conftest import CLIS, MODERN, ROOT
 
 from safe_migrate.adoption import TEMPLATE_ENV, naming_problem
 
+# The tutorial's app as published, on the project's data.db by its absolute path (Flask-SQLAlchemy
+# 3 would put a relative SQLite path under instance/).
 TUTORIAL = (ROOT / "bench" / "tutorial_app.py").read_text().replace(
-    '"sqlite:///data.db"', 'os.environ.get("DATABASE_URL", "sqlite:///data.db")').replace(
+    '"sqlite:///data.db"', 'os.environ.get("DATABASE_URL", "sqlite:///" + os.path.join('
+                           'os.path.dirname(os.path.abspath(__file__)), "data.db"))').replace(
     "db = SQLAlchemy(app)", 'app.config["SQLALCHEMY_TRACK_MODIFICATIONS"] = False\n'
                             "db = SQLAlchemy(app)")
-BARE = "import os\n" + TUTORIAL
-# The half-followed adoption: the import switched, `SQLAlchemy(app)` kept.
-HALF = BARE.replace("from flask_migrate import", "from safe_migrate import")
+if MODERN:  # flask-script-ng; Flask-Migrate 4.1 has no MigrateCommand: its `db` is `flask db`
+    TUTORIAL = TUTORIAL.replace("from flask_script import", "from flask_script_ng import")
+    BARE = "import os\n" + TUTORIAL.replace("import Migrate, MigrateCommand", "import Migrate"
+                                           ).replace('manager.add_command("db", MigrateCommand)\n', "")
+else:
+    BARE = "import os\n" + TUTORIAL
+# The half-followed adoption: the import switched (and the Manager's `db`), `SQLAlchemy(app)` kept.
+HALF = "import os\n" + TUTORIAL.replace("from flask_migrate import", "from safe_migrate import")
 # The whole adoption: `metadata` imported too, and given to SQLAlchemy.
 WHOLE = HALF.replace("import Migrate, MigrateCommand", "import Migrate, MigrateCommand, metadata"
                      ).replace("db = SQLAlchemy(app)", "db = SQLAlchemy(app, metadata=metadata())")
@@ -41,12 +49,22 @@ def app_project(make_project, text, name="project"):
     return project
 
 
+def bare_db(project, *args):
+    """A db command of the bare app: `python migrate_example.py db ...` (Flask-Migrate 2.7's
+    MigrateCommand), or `flask db ...` (4.1)."""
+    if MODERN:
+        return project.run(sys.executable, "-m", "flask", "db", *args,
+                           env={"FLASK_APP": "migrate_example.py"})
+    return project.run(sys.executable, "migrate_example.py", "db", *args)
+
+
 @pytest.fixture
 def built_by_flask_migrate(make_project):
-    """The tutorial's history and database made by bare Flask-Migrate 2.7, with rows."""
+    """The tutorial's history and database made by bare Flask-Migrate (2.7, or 4.1 on the
+    modern profile), with rows."""
     project = app_project(make_project, BARE)
     for step in (["init"], ["migrate", "-m", "tutorial"], ["upgrade"]):
-        code, output = project.run(sys.executable, "migrate_example.py", "db", *step)
+        code, output = bare_db(project, *step)
         assert code == 0, output
     project.populate(rows=10)
     return project
