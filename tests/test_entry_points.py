@@ -146,9 +146,19 @@ SIMULATE_314 = """
     for name in ("get_loader", "find_loader"):
         if hasattr(pkgutil, name):
             delattr(pkgutil, name)
-    for name in ("Str", "Num", "Bytes", "NameConstant", "Ellipsis"):
-        if hasattr(ast, name):
+    REMOVED = ("Str", "Num", "Bytes", "NameConstant", "Ellipsis")
+    for name in REMOVED:
+        if name in vars(ast):
             delattr(ast, name)
+    # 3.12 and 3.13 answer them from the module's __getattr__ (with a DeprecationWarning).
+    deprecated = vars(ast).get("__getattr__")
+    if deprecated is not None:
+        def __getattr__(name, deprecated=deprecated):
+            if name in REMOVED:
+                raise AttributeError(f"module 'ast' has no attribute {name!r}")
+            return deprecated(name)
+
+        ast.__getattr__ = __getattr__
 """
 
 

@@ -1,17 +1,26 @@
-"""The legacy project's app at the head of its history, run with bare Flask-Migrate 2.7
-(LEGACY_TOOL unset) or with safe_migrate (LEGACY_TOOL=1): only the imports differ (safe_migrate's
-`metadata` names every constraint), as the README's adoption steps say."""
+"""The legacy project's app at the head of its history, run with bare Flask-Migrate
+(LEGACY_TOOL unset: 2.7's MigrateCommand, or 4.1's `flask db`) or with safe_migrate
+(LEGACY_TOOL=1): only the imports differ (safe_migrate's `metadata` names every constraint), as
+the README's adoption steps say."""
 import os
 
 from flask import Flask
-from flask_script import Manager
 from flask_sqlalchemy import SQLAlchemy
+
+try:
+    from flask_script import Manager
+except ImportError:  # Flask 2.2 and later: flask-script-ng
+    from flask_script_ng import Manager
 
 if os.environ.get("LEGACY_TOOL"):
     from safe_migrate import Migrate, MigrateCommand, metadata
 else:
-    from flask_migrate import Migrate, MigrateCommand
+    from flask_migrate import Migrate
     from sqlalchemy import MetaData as metadata
+    try:
+        from flask_migrate import MigrateCommand
+    except ImportError:  # Flask-Migrate 4: its `db` is `flask db` alone
+        MigrateCommand = None
 
 app = Flask(__name__)
 app.config["SQLALCHEMY_DATABASE_URI"] = os.environ.get("DATABASE_URL", "sqlite:///data.db")
@@ -19,7 +28,8 @@ app.config["SQLALCHEMY_TRACK_MODIFICATIONS"] = False
 db = SQLAlchemy(app, metadata=metadata())
 migrate = Migrate(app, db)
 manager = Manager(app)
-manager.add_command("db", MigrateCommand)
+if MigrateCommand is not None:
+    manager.add_command("db", MigrateCommand)
 
 
 class Teams(db.Model):
