@@ -514,7 +514,19 @@ def free_port():
         return s.getsockname()[1]
 
 
-class PostgresServer:
+class ThrowawayServer:
+    """What the test servers share: a statement run as their administrator."""
+
+    def admin(self, sql):
+        engine = sa.create_engine(self.url(), isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text(sql))
+        finally:
+            engine.dispose()
+
+
+class PostgresServer(ThrowawayServer):
     def __init__(self, bindir, workdir):
         self.bindir = bindir
         self.workdir = workdir
@@ -551,50 +563,54 @@ class PostgresServer:
     def url(self, dbname="postgres", password=PG_PASSWORD):
         return f"postgresql://postgres:{password}@127.0.0.1:{self.port}/{dbname}"
 
-    def admin(self, sql):
-        engine = sa.create_engine(self.url(), isolation_level="AUTOCOMMIT")
-        try:
-            with engine.connect() as conn:
-                conn.execute(sa.text(sql))
-        finally:
-            engine.dispose()
 
-
-@pytest.fixture(scope="session")
-def pg_server():
-    bindir = find_pg_bin()
-    if bindir is None:
-        message = "PostgreSQL server binaries not found (apt-get install -y postgresql)"
+def running(server, missing):
+    """Start a throwaway server for the session (a missing one fails the run under CI=true,
+    else skips its tests), stop and remove it at the end."""
+    if server is None:
         if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    server = PostgresServer(bindir, Path(tempfile.mkdtemp(prefix="migrate-pg-")))
+            pytest.fail(missing)
+        pytest.skip(missing)
     server.start()
     yield server
     server.stop()
     shutil.rmtree(server.workdir, ignore_errors=True)
 
 
-@pytest.fixture
-def new_pg_database(pg_server):
-    """Make fresh, empty databases on the session's server; return their URLs."""
+def fresh_databases(server, drop):
+    """A function that makes a fresh, empty database on `server` and returns its URL; each is
+    dropped (`drop`, with the name) when the test ends."""
     names = []
 
     def create():
         names.append("t_" + uuid.uuid4().hex[:12])
-        pg_server.admin(f"CREATE DATABASE {names[-1]}")
-        return pg_server.url(names[-1])
+        server.admin(f"CREATE DATABASE {names[-1]}")
+        return server.url(names[-1])
 
     yield create
     for name in names:
-        pg_server.admin(f"DROP DATABASE {name} WITH (FORCE)")
+        server.admin(drop.format(name))
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    bindir = find_pg_bin()
+    server = bindir and PostgresServer(bindir, Path(tempfile.mkdtemp(prefix="migrate-pg-")))
+    yield from running(server, "PostgreSQL server binaries not found "
+                               "(apt-get install -y postgresql)")
+
+
+@pytest.fixture
+def new_pg_database(pg_server):
+    """Make fresh, empty databases on the session's server; return their URLs."""
+    yield from fresh_databases(pg_server, "DROP DATABASE {} WITH (FORCE)")
 
 
 # Debian puts mariadbd in /usr/sbin, which a non-root PATH may lack.
 MARIADB_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin"])
 
 
-class MariaDBServer:
+class MariaDBServer(ThrowawayServer):
     """A throwaway MariaDB server (Debian's mariadb-server) on a temp socket and a free
     127.0.0.1 port, like PostgresServer: fast and unsafe settings, one test user."""
 
@@ -635,42 +651,18 @@ class MariaDBServer:
     def url(self, dbname="mysql", password=PG_PASSWORD):
         return f"mysql+pymysql://migrate:{password}@127.0.0.1:{self.port}/{dbname}"
 
-    def admin(self, sql):
-        engine = sa.create_engine(self.url(), isolation_level="AUTOCOMMIT")
-        try:
-            with engine.connect() as conn:
-                conn.execute(sa.text(sql))
-        finally:
-            engine.dispose()
-
 
 @pytest.fixture(scope="session")
 def mariadb_server():
-    if shutil.which("mariadbd", path=MARIADB_PATH) is None:
-        message = "MariaDB server not found (apt-get install -y mariadb-server)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    server = MariaDBServer(Path(tempfile.mkdtemp(prefix="migrate-mariadb-")))
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(server.workdir, ignore_errors=True)
+    found = shutil.which("mariadbd", path=MARIADB_PATH)
+    server = found and MariaDBServer(Path(tempfile.mkdtemp(prefix="migrate-mariadb-")))
+    yield from running(server, "MariaDB server not found (apt-get install -y mariadb-server)")
 
 
 @pytest.fixture
 def new_mariadb_database(mariadb_server):
     """Make fresh, empty databases on the session's MariaDB server; return their URLs."""
-    names = []
-
-    def create():
-        names.append("t_" + uuid.uuid4().hex[:12])
-        mariadb_server.admin(f"CREATE DATABASE {names[-1]}")
-        return mariadb_server.url(names[-1])
-
-    yield create
-    for name in names:
-        mariadb_server.admin(f"DROP DATABASE IF EXISTS {name}")
+    yield from fresh_databases(mariadb_server, "DROP DATABASE IF EXISTS {}")
 
 
 # --- the fixtures tests use -------------------------------------------------------------

@@ -8,12 +8,11 @@ import shutil
 import signal
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import CLIS, MariaDBServer
+from conftest import CLIS, MariaDBServer, fresh_databases
 
 from safe_migrate.mysql import LOCK_NAME, kind, rows_before_ddl
 from safe_migrate.settings import Settings
@@ -149,16 +148,7 @@ def new_mariadb_database(request, lock_info_plugin):
     """conftest's, on the server with the plugin where the test asks for it."""
     server = request.getfixturevalue("mariadb_with_lock_info" if lock_info_plugin
                                      else "mariadb_server")
-    names = []
-
-    def create():
-        names.append("t_" + uuid.uuid4().hex[:12])
-        server.admin(f"CREATE DATABASE {names[-1]}")
-        return server.url(names[-1])
-
-    yield create
-    for name in names:
-        server.admin(f"DROP DATABASE IF EXISTS {name}")
+    yield from fresh_databases(server, "DROP DATABASE IF EXISTS {}")
 
 
 @pytest.fixture
