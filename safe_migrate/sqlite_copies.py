@@ -367,9 +367,11 @@ def intent_of(batch_impl, dialect) -> Intent:
     added_uniques = list((new_uniques - old_uniques).elements())
 
     def foreign_keys(table, rename) -> set:
-        return {(tuple(rename.get(c, c) for c in fk.column_keys), fk.referred_table.name
-                 if fk.referred_table is not None else None, fk.ondelete, fk.onupdate,
-                 fk.deferrable, fk.initially)
+        # Each referred column as SQLAlchemy spells it (`target_fullname`): the batch's new
+        # table refers to tables its MetaData lacks, which SQLAlchemy 2 will not resolve.
+        return {(tuple(rename.get(c, c) for c in fk.column_keys),
+                 tuple(element.target_fullname for element in fk.elements), fk.ondelete,
+                 fk.onupdate, fk.deferrable, fk.initially)
                 for fk in table.foreign_key_constraints}
 
     def options(table) -> dict:
