@@ -191,7 +191,9 @@ class Project:
             cached.unlink()
 
     def engine(self):
-        return sa.create_engine(self.database_url)
+        # No pool: a helper's connection is closed when its block ends (SQLAlchemy 2 pools
+        # SQLite files, which would keep them open, e.g. on a tmpfs a test unmounts).
+        return sa.create_engine(self.database_url, poolclass=sa.pool.NullPool)
 
     def inspector(self):
         return sa.inspect(self.engine())
