@@ -1,11 +1,10 @@
-"""Test sessions. `nox` runs what CI runs (about 36 minutes on 2 cores):
+"""Test sessions. `nox` runs what CI runs (about 27 minutes on 2 cores):
 
 - `tests`: the legacy profile (requirements.txt) on Python 3.13, every test (SQLite,
   PostgreSQL, MariaDB) through both CLIs, with coverage of the package;
 - `modern-3.13`: the same tests on the modern profile (requirements-modern.txt);
-- `legacy-3.11`: the legacy profile on the oldest Python (a fresh Debian machine's), the
-  backend-independent and SQLite tests through the Manager. `modern-3.11` does the same for
-  the modern profile; it is not in the default run, for CI's time.
+- `legacy-3.11`, `modern-3.11`: each profile on the oldest Python (a fresh Debian machine's),
+  the backend-independent and SQLite tests through the Manager.
 
 Single `db` commands run inside the test process (tests/conftest.py, in_process); tests that
 need a real process (signals, kills, ptys, locks, start-up) start one. `nox -s subprocess`
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["tests", "modern-3.13", "legacy-3.11"]
+nox.options.sessions = ["tests", "modern-3.13", "legacy-3.11", "modern-3.11"]
 nox.options.error_on_missing_interpreters = True
 
 # This machine's other Pythons are pyenv builds, not on PATH: put them after the default one.
