@@ -154,3 +154,17 @@ def check_rows_kept(connection, before: dict[Table, int], revision: str) -> dict
                    "where the database is)")
         insist_on_yes(what, "Keep it?", "downgrade", outcome)
     return now
+
+
+def rows_not_in(conn, copied: sa.TableClause, current: sa.TableClause,
+                columns: list[str]) -> int:
+    """How many rows of `copied` (a copy kept before a run) `current` no longer holds, on the
+    `columns` both still have; with none in common, every row of the copy."""
+    if columns:
+        common = [sa.column(c) for c in columns]
+        gone = sa.except_(sa.select(*common).select_from(copied),
+                          sa.select(*common).select_from(current))
+        query = sa.select(sa.func.count()).select_from(gone.subquery())
+    else:
+        query = sa.select(sa.func.count()).select_from(copied)
+    return conn.execute(query).scalar()

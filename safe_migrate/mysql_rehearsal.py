@@ -33,7 +33,7 @@ from contextlib import contextmanager, suppress
 import sqlalchemy as sa
 
 from .errors import MigrationError
-from .guards import is_bookkeeping
+from .guards import is_bookkeeping, rows_not_in
 from .progress import human_size
 from .settings import MEGABYTE, megabytes
 from .state import MigrateState
@@ -259,17 +259,11 @@ def rows_lost(engine: sa.engine.Engine, kept: str, now: str) -> dict[str, int]:
             if is_bookkeeping(table):  # alembic_version and ours: no rows of the app
                 continue
             columns = {c["name"] for c in inspector.get_columns(table, schema=kept)}
-            common = ([sa.column(c) for c in sorted(columns & {
-                c["name"] for c in inspector.get_columns(table, schema=now)})]
+            common = (sorted(columns & {
+                c["name"] for c in inspector.get_columns(table, schema=now)})
                 if table in present else [])
-            copied = sa.table(table, schema=kept)
-            if common:
-                gone = sa.except_(sa.select(*common).select_from(copied),
-                                  sa.select(*common).select_from(sa.table(table, schema=now)))
-                query = sa.select(sa.func.count()).select_from(gone.subquery())
-            else:
-                query = sa.select(sa.func.count()).select_from(copied)
-            count = conn.execute(query).scalar()
+            count = rows_not_in(conn, sa.table(table, schema=kept), sa.table(table, schema=now),
+                                common)
             if count:
                 lost[table] = count
     return lost

@@ -281,15 +281,9 @@ def rows_lost(conn, kept: list[Kept]) -> dict[str, int]:
     for (schema, name), columns, copy in kept:
         now = ({c["name"] for c in inspector.get_columns(name, schema=schema)}
                if inspector.has_table(name, schema=schema) else set())
-        common = [sa.column(c) for c in columns if c in now]
-        copied = sa.table(copy, schema="pg_temp")
-        if common:
-            gone = sa.except_(sa.select(*common).select_from(copied),
-                              sa.select(*common).select_from(sa.table(name, schema=schema)))
-            query = sa.select(sa.func.count()).select_from(gone.subquery())
-        else:
-            query = sa.select(sa.func.count()).select_from(copied)
-        count = conn.execute(query).scalar()
+        count = guards.rows_not_in(conn, sa.table(copy, schema="pg_temp"),
+                                   sa.table(name, schema=schema),
+                                   [c for c in columns if c in now])
         if count:
             lost[guards.label(conn, (schema, name))] = count
     return lost
