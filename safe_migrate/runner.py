@@ -19,7 +19,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from flask import current_app
 
-from . import connections, guards, journal, mysql, postgres
+from . import connections, guards, interrupts, journal, mysql, postgres
 from .autogenerate import (
     leave_expression_indexes,
     library_warnings_as_notes,
@@ -110,8 +110,9 @@ def run_online(context, state: MigrateState) -> None:
     command = context.config.attributes.get("safe_migrate.command")
     rehearsal = context.config.attributes.get("safe_migrate.rehearsal")  # rehearsal.Place
     if rehearsal is not None and rehearsal.connection is not None:  # its one transaction
-        Run(context, state, rehearsal.connection, True, command, rehearsal.budget,
-            rehearsal=rehearsal).run()
+        with interrupts.held():
+            Run(context, state, rehearsal.connection, True, command, rehearsal.budget,
+                rehearsal=rehearsal).run()
         return
     if command in LOCKED:
         connections.refuse_unsupported(state.url, command)
@@ -123,7 +124,7 @@ def run_online(context, state: MigrateState) -> None:
     try:
         engine.connect().close()  # a missing file fails here, before any lock file
         lock = state.lock(budget) if command in LOCKED else nullcontext()
-        with lock, engine.connect() as connection:
+        with interrupts.held(), lock, engine.connect() as connection:
             Run(context, state, connection, existed, command, budget, progress, path,
                 rehearsal).run()
     except BaseException as exc:
@@ -438,6 +439,7 @@ class Run:
     def after_revision(self, ctx, step, heads, run_args) -> None:
         """Alembic's on_version_apply hook, in the revision's own transaction: record its
         checksum, and roll back a downgrade that dropped tables holding rows unasked."""
+        interrupts.raise_held()  # a Ctrl-C Python could not raise rolls this revision back
         if not self.checksum_table_ready:  # once a run, not once a revision
             ensure_checksum_table(ctx.connection)
             self.checksum_table_ready = True
