@@ -65,21 +65,24 @@ LOCKED = {"upgrade", "downgrade", "stamp", None}
 class QuietStart(logging.Filter):
     """Alembic's lines at the start of every command ("Context impl SQLiteImpl.", "Will
     assume transactional DDL.", one per autogenerate plugin where an alembic.ini older than
-    Alembic 1.19 leaves them at INFO) say nothing a user can act on. Its "Running upgrade
-    a -> b" line is Run.time_and_retry's instead, followed by the revision's time."""
+    Alembic 1.19 leaves them at INFO) and, on PostgreSQL, one per SERIAL column at every
+    autogenerate ("Detected sequence named ... assuming SERIAL and omitting") say nothing a
+    user can act on. Its "Running upgrade a -> b" line is Run.time_and_retry's instead,
+    followed by the revision's time."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.msg == "Running %s" and getattr(record.args[0], "safe_migrate_timed", False):
             return False
         return not str(record.msg).startswith(
-            ("Context impl", "Will assume", "setting up autogenerate plugin"))
+            ("Context impl", "Will assume", "setting up autogenerate plugin",
+             "Detected sequence named"))
 
 
 def run_migrations() -> None:
     """Run the Alembic command in progress with this package's guarantees (call from env.py)."""
     from alembic import context
 
-    for name in ("alembic.runtime.migration", "alembic.runtime.plugins"):
+    for name in ("alembic.runtime.migration", "alembic.runtime.plugins", "alembic.ddl.postgresql"):
         log = logging.getLogger(name)
         if not any(isinstance(f, QuietStart) for f in log.filters):
             log.addFilter(QuietStart())

@@ -174,6 +174,7 @@ class KeepingSQLiteImpl(SQLiteImpl):
         super().prep_table_for_batch(batch_impl, table)
         connection = self.connection
         copy = Copy(read_table(connection, table.name), intent_of(batch_impl, self.dialect))
+        keep_declared_types(batch_impl.new_table, copy, self.dialect)
         copy.dependents = take_dependents(connection, table.name)
         self.safe_migrate_copying = (table.name, batch_impl.new_table)  # see _exec
         gather = batch_impl._gather_indexes_from_both_tables
@@ -321,6 +322,45 @@ def deferred_foreign_keys(scratch: sqlite3.Connection, name: str, insert: str,
 def sqlite3_quote(name: str) -> str:
     """An identifier for the scratch database, quoted as SQLAlchemy's SQLite dialect does."""
     return SCRATCH_DIALECT.identifier_preparer.quote(name)
+
+
+class Declared(sa.types.UserDefinedType):
+    """A column's type as SQLite holds it (PRAGMA table_xinfo), written back unchanged."""
+    cache_ok = True
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def get_col_spec(self, **kw) -> str:
+        return self.text
+
+
+def keep_declared_types(new_table: sa.Table, copy: Copy, dialect) -> None:
+    """Give each column of the copy whose type the batch leaves alone the type SQLite
+    declared, where SQLAlchemy's reflection would write another (a STRICT table's ANY
+    reflects as NUMERIC, which STRICT refuses; INT PRIMARY KEY would become INTEGER PRIMARY
+    KEY, a rowid alias) and SQLite reads the declared text back as the same type."""
+    intent = copy.intent
+    for old_name, column in copy.before.columns.items():
+        name = intent.renamed.get(old_name, old_name)
+        if old_name in intent.dropped or "type" in intent.changed.get(name, ()) \
+                or name not in new_table.c:
+            continue
+        if compiled(new_table.c[name].type, dialect) != column.declared \
+                and declares_itself(column.declared):
+            new_table.c[name].type = Declared(column.declared)
+
+
+def declares_itself(declared: str) -> bool:
+    """Whether SQLite, given `declared` as a column's type, declares that same type: PRAGMA
+    shows some declarations other than as written (`"my" type` as `my type`)."""
+    with closing(sqlite3.connect(":memory:")) as scratch:
+        try:  # a type cannot be a bound value; the scratch database is SQLite's judge
+            scratch.execute(f"CREATE TABLE t (c {declared})")
+        except sqlite3.Error:
+            return False
+        return scratch.execute("SELECT type FROM pragma_table_xinfo('t')").fetchall() \
+            == [(declared,)]
 
 
 def compiled(type_, dialect) -> str:
