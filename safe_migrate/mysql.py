@@ -13,11 +13,11 @@ This module owns:
   table (`blockers`); every statement that committed is journaled (journal.py), a resumed
   revision skips the statements its journal says committed, and a failure says what stays;
 - the check before anything runs that a revision writes no row before a DDL statement (the
-  DDL's implicit commit would keep those rows even if the revision later failed).
+  DDL's implicit commit would keep those rows even if the revision later failed), and the
+  same check as each statement runs, for a revision that cannot be rendered offline.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import logging
@@ -126,7 +126,8 @@ def install(engine: sa.engine.Engine, settings: Settings) -> None:
 
 
 def is_lock_wait_timeout(exc: BaseException) -> bool:
-    orig = getattr(exc, "orig", None)
+    """Error 1205, from the driver or wrapped by SQLAlchemy."""
+    orig = getattr(exc, "orig", exc)
     return bool(getattr(orig, "args", None)) and orig.args[0] == LOCK_WAIT_TIMEOUT
 
 
@@ -161,24 +162,29 @@ def blockers(connection: sa.engine.Connection) -> str:
 # --- a revision run statement by statement ------------------------------------------------
 
 
-def statement_hash(construct, dialect, multiparams, params) -> tuple[str, str]:
-    """The sha256 of a statement as Alembic is about to run it (its SQL for this dialect and
-    its values), and its text on one line."""
-    if isinstance(construct, str):
-        construct = sa.text(construct)
-    compiled = construct.compile(dialect=dialect)
-    text = str(compiled)
-    values = repr((getattr(compiled, "params", None), multiparams, dict(params or {})))
-    return hashlib.sha256(f"{text}\0{values}".encode()).hexdigest(), one_line(text)
+class RowsBeforeDdl(MigrationError):
+    """A DDL statement refused at run time: rows of the revision were written before it."""
+
+
+def sent(cursor, statement: str, parameters) -> str:
+    """The statement as the driver sends it, values in place (PyMySQL's `mogrify`; the
+    statement with its values' repr for a driver without one)."""
+    mogrify = getattr(cursor, "mogrify", None)
+    if mogrify is None:
+        return f"{statement} -- {parameters!r}" if parameters else statement
+    return mogrify(statement, parameters or None)
 
 
 class Journaled:
-    """One run of a revision's upgrade (or downgrade) on MySQL/MariaDB. Alembic runs each of its
-    operations through `impl._exec` (its name since 0.x), one statement each; here that is
-    replaced for the revision's run alone (not for Alembic's version-table update after it),
-    so that every statement is counted, skipped when the journal says it committed in an
-    earlier run, retried on a lock wait timeout, and journaled once the server says it
-    committed (outside a transaction after it: a DDL statement, with whatever was before)."""
+    """One run of a revision's upgrade (or downgrade) on MySQL/MariaDB, statement by
+    statement as the driver sends them (SQLAlchemy's `do_execute` events on the migration
+    engine's dialect, for this run alone): whatever runs them (an `op` operation,
+    `op.get_bind().execute()`, the app's session on the run's connection), each statement
+    that writes (DDL or rows, as sqlglot's MySQL parser reads it) is counted; skipped when the
+    journal says it committed in an earlier run; refused if it is DDL after rows this
+    revision wrote (the DDL's implicit commit would keep them whatever happens next);
+    retried on a lock wait timeout; and journaled once the server says it committed (outside
+    a transaction after it: a DDL statement, with whatever was before). Reads run each time."""
 
     def __init__(self, connection, settings: Settings, label: str, revision: str,
                  between: str, upgrade: bool = True) -> None:
@@ -193,55 +199,89 @@ class Journaled:
         # [(sha256, text)] by index: what committed, in an earlier run or this one
         self.done = journal.committed(connection, revision) if upgrade else []
         self.index = 0
-        self.pending: list[tuple[int, str, str]] = []  # run, not yet committed
+        self.pending: list[tuple[int, str, str, str]] = []  # run, not yet committed
+        self.own = False  # the journal's own statements and the blockers' query pass
 
     @contextmanager
-    def installed(self, migration_context) -> Iterator[None]:
-        impl = migration_context.impl
-        impl._exec = functools.partial(self.execute, impl._exec)
+    def installed(self) -> Iterator[None]:
+        dialect = self.connection.dialect
+        listeners = [
+            ("do_execute", lambda cursor, statement, parameters, context: self.execute(
+                cursor, statement, parameters, lambda: cursor.execute(statement, parameters))),
+            ("do_execute_no_params", lambda cursor, statement, context: self.execute(
+                cursor, statement, None, lambda: cursor.execute(statement))),
+            ("do_executemany", lambda cursor, statement, parameters, context: self.execute(
+                cursor, statement, parameters, lambda: cursor.executemany(statement, parameters),
+                many=True))]
+        for name, listener in listeners:
+            sa.event.listen(dialect, name, listener)
         try:
             yield
         finally:
-            del impl._exec  # the class's method again
+            for name, listener in listeners:
+                sa.event.remove(dialect, name, listener)
 
-    def execute(self, execute, construct, execution_options=None, multiparams=None,
-                params=None):
+    def execute(self, cursor, statement: str, parameters, execute, many: bool = False) -> bool:
+        """Run one statement the driver is about to send; True: it is handled."""
+        if self.own:
+            return False
+        text = sent(cursor, statement, parameters[0] if many and parameters else
+                    None if many else parameters)
+        what = kind(text)
+        if what is None:
+            return False  # a read, a SET, or what the parser cannot read: it runs each time
         index = self.index
         self.index += 1
-        digest, text = statement_hash(construct, self.connection.dialect, multiparams, params)
+        digest = hashlib.sha256(f"{text}\0{parameters!r}".encode() if many
+                                else text.encode()).hexdigest()
+        text = one_line(text)
         if index < len(self.done):
             if self.done[index][0] != digest:
                 raise MigrationError(
                     f"{self.label}: statement {index + 1} ({text}) differs from the one that "
                     f"committed in an earlier run ({self.done[index][1]}); the database is "
                     f"between {self.between}: put that statement back as it was")
-            return None  # committed in an earlier run: not run again
+            return True  # committed in an earlier run: not run again
+        written = next((t for _, _, t, k in self.pending if k == "dml"), None)
+        if what == "ddl" and written is not None:
+            raise RowsBeforeDdl(
+                f"{self.label}: statement {index + 1} ({text[:80]}) is DDL, which MySQL and "
+                f"MariaDB commit together with the rows written before it ({written[:80]}); "
+                "refused before it ran, those rows were rolled back: write rows after the "
+                "DDL statements, or in a revision of their own")
         attempt = 0
         while True:
             try:
-                result = execute(construct, execution_options=execution_options,
-                                 multiparams=multiparams,
-                                 params=sa.util.immutabledict() if params is None else params)
+                execute()
                 break
-            except sa.exc.OperationalError as exc:
+            except Exception as exc:  # the driver's own error, before SQLAlchemy wraps it
                 if not is_lock_wait_timeout(exc) or attempt == self.settings.pg_lock_retries:
                     raise
                 attempt += 1
                 pause = backoff(attempt - 1)
+                self.own = True
+                try:
+                    held = blockers(self.connection)
+                finally:
+                    self.own = False
                 print(f"{self.label}: statement {index + 1} waited "
                       f"{whole_seconds(self.settings.ddl_lock_timeout)} s for a lock held by "
-                      f"{blockers(self.connection)}; it changed nothing, retrying in "
+                      f"{held}; it changed nothing, retrying in "
                       f"{pause:g} s ({attempt} of {self.settings.pg_lock_retries})",
                       file=sys.stderr, flush=True)
                 time.sleep(pause)  # the backoff itself, not a synchronisation
-        self.pending.append((index, digest, text))
-        raw = self.connection.connection.dbapi_connection
-        if not raw.server_status & IN_TRANSACTION:  # it committed, with all before it
+        self.pending.append((index, digest, text, what))
+        if not cursor.connection.server_status & IN_TRANSACTION:  # committed, with all before
             if self.upgrade:
-                journal.record(self.connection, self.revision, self.pending)
-            self.done += [(d, t) for _, d, t in self.pending]
+                self.own = True
+                try:
+                    journal.record(self.connection, self.revision,
+                                   [(i, d, t) for i, d, t, _ in self.pending])
+                finally:
+                    self.own = False
+            self.done += [(d, t) for _, d, t, _ in self.pending]
             self.pending = []
-        return result
+        return True
 
     def failure(self, exc: BaseException) -> str:
         """The one line for a revision that failed after some of its statements committed."""
@@ -257,7 +297,7 @@ class Journaled:
                 f"version is not recorded): {then}")
 
 
-def journaled(run, connection, settings: Settings, label: str, step, migration_context):
+def journaled(run, connection, settings: Settings, label: str, step):
     """`run` (a revision's upgrade or downgrade) through Journaled."""
     between = f"{journal.label(step.from_revisions)} and {journal.label(step.to_revisions)}"
 
@@ -265,14 +305,15 @@ def journaled(run, connection, settings: Settings, label: str, step, migration_c
         statements = Journaled(connection, settings, label, step.revision.revision, between,
                                step.is_upgrade)
         try:
-            with statements.installed(migration_context):
+            with statements.installed():
                 return run(**kwargs)
         except BaseException as exc:
             interrupt = interrupt_in(exc)
             if interrupt is not None:  # Ctrl-C: runner.Progress says what stays
                 interrupt.committed_statements = [t for _, t in statements.done]
                 raise interrupt from None
-            if isinstance(exc, MigrationError) or not statements.done:
+            if not statements.done or (isinstance(exc, MigrationError)
+                                       and not isinstance(exc, RowsBeforeDdl)):
                 raise
             raise MigrationError(statements.failure(exc)) from None
     return run_journaled

@@ -375,8 +375,7 @@ class Run:
             run = retrying(run, self.connection, self.settings, name, migration_context)
         elif self.connection.dialect.name == "mysql" and not self.in_one_transaction:
             self.progress.ddl_commits = True
-            run = mysql.journaled(run, self.connection, self.settings, name, step,
-                                  migration_context)
+            run = mysql.journaled(run, self.connection, self.settings, name, step)
         log = logging.getLogger("alembic.runtime.migration")
         step.safe_migrate_timed = True  # QuietStart leaves Alembic's own start line out
 

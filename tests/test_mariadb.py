@@ -86,6 +86,35 @@ def downgrade():
     op.drop_column("employee", "dept")
 '''
 
+# The same through the revision's connection, as data migrations often run their SQL: what
+# Alembic's offline rendering cannot see, the statements the driver sends still are.
+HALF_FAILING_ON_THE_BIND = '''
+def upgrade():
+    bind = op.get_bind()
+    bind.execute(sa.text("ALTER TABLE employee ADD COLUMN dept VARCHAR(20)"))
+    bind.execute(sa.text("UPDATE employee SET age = age + :years"), {"years": 1})
+    assert bind.execute(sa.text("SELECT age FROM employee WHERE id = 1")).scalar() == 31
+    bind.execute(sa.text("THIS IS NOT SQL"))
+
+
+def downgrade():
+    op.drop_column("employee", "dept")
+'''
+
+# Reads the database first: Alembic's offline rendering cannot run it, so only the check
+# of each statement as it runs sees the UPDATE before the ALTER.
+DML_FIRST_ON_THE_BIND = '''
+def upgrade():
+    bind = op.get_bind()
+    if bind.execute(sa.text("SELECT count(*) FROM employee")).scalar():
+        bind.execute(sa.text("UPDATE employee SET age = age + 1"))
+    bind.execute(sa.text("ALTER TABLE employee ADD COLUMN dept VARCHAR(20)"))
+
+
+def downgrade():
+    pass
+'''
+
 HALF_FAILING_DOWN = '''
 def upgrade():
     op.add_column("employee", sa.Column("dept", sa.String(20)))
@@ -258,6 +287,41 @@ def test_a_half_failing_revision_says_what_committed_and_resumes_once_fixed(proj
     assert age(project) == 31
     assert project.version() == "half0002"
     assert project.query("SELECT count(*) FROM safe_migrate_journal") == [(0,)]
+
+
+@mariadb
+def test_statements_run_on_the_bind_are_journaled_and_resumed_too(project):
+    path = project.add_revision("half0002", HALF_FAILING_ON_THE_BIND)
+    code, out = project.db("upgrade")
+    assert code != 0
+    error = out.strip().splitlines()[-1]
+    assert "1 of its statements committed and stay: 1) ALTER TABLE employee ADD COLUMN dept" \
+        in error, error
+    assert "rolled back" not in out
+    assert dept_columns(project) == ["dept"]
+    assert age(project) == 30
+
+    path.write_text(path.read_text().replace("THIS IS NOT SQL", "SELECT 1"))
+    code, out = project.db("upgrade")
+    assert code == 0, out  # the ALTER skipped; the SELECT read 31 again; the UPDATE ran once
+    assert age(project) == 31
+    assert project.version() == "half0002"
+    assert project.query("SELECT count(*) FROM safe_migrate_journal") == [(0,)]
+
+
+@mariadb
+def test_rows_written_on_the_bind_before_a_ddl_statement_are_refused_before_it_runs(project):
+    project.add_revision("dml0002", DML_FIRST_ON_THE_BIND)
+    code, out = project.db("upgrade")
+    assert code != 0
+    assert out.strip().splitlines()[-1] == (
+        "Error: dml0002_test.py: statement 2 (ALTER TABLE employee ADD COLUMN dept VARCHAR(20)) "
+        "is DDL, which MySQL and MariaDB commit together with the rows written before it "
+        "(UPDATE employee SET age = age + 1); refused before it ran, those rows were rolled "
+        "back: write rows after the DDL statements, or in a revision of their own"), out
+    assert age(project) == 30
+    assert dept_columns(project) == []
+    assert project.version() == "base0001"
 
 
 @mariadb
