@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -88,18 +89,47 @@ def on_connect(dbapi_connection, connection_record) -> None:
     dbapi_connection.execute("PRAGMA foreign_keys=ON")
 
 
-def foreign_key_violations(connection) -> dict[tuple[str, str], int]:
-    """{(table, parent): rows} of every row whose foreign key finds no parent row, as
-    SQLite's own `PRAGMA foreign_key_check` reports them."""
-    violations: dict[tuple[str, str], int] = {}
-    for table, _rowid, parent, _fkid in connection.exec_driver_sql("PRAGMA foreign_key_check"):
-        violations[(table, parent)] = violations.get((table, parent), 0) + 1
-    return violations
+def foreign_key_violations(connection) -> Counter:
+    """Counter of (table, parent, the missing parent's key) for every row whose foreign key
+    finds no parent row, as SQLite's own `PRAGMA foreign_key_check` reports them. A row is
+    told by the key it refers to, not by its rowid, which a table copy may change; the key
+    is None for a WITHOUT ROWID table's rows, which the pragma does not point to."""
+    found: Counter = Counter()
+    keys: dict[tuple[str, int], list[str]] = {}
+    for table, rowid, parent, fkid in connection.exec_driver_sql(
+            "PRAGMA foreign_key_check").all():
+        key = None
+        if rowid is not None:
+            if (table, fkid) not in keys:
+                keys[(table, fkid)] = [row[0] for row in connection.exec_driver_sql(
+                    'SELECT "from" FROM pragma_foreign_key_list(?) WHERE id = ? ORDER BY seq',
+                    (table, fkid))]
+            key = referring_key(connection, table, rowid, keys[(table, fkid)])
+        found[(table, parent, key)] += 1
+    return found
 
 
-def describe_violations(violations: dict[tuple[str, str], int]) -> str:
+def referring_key(connection, table: str, rowid: int, columns: list[str]) -> tuple | None:
+    """The values of `columns` in the row `rowid` of `table` (None if its columns take every
+    name of the rowid)."""
+    quote = connection.dialect.identifier_preparer.quote
+    names = {row[0].lower() for row in connection.exec_driver_sql(
+        "SELECT name FROM pragma_table_xinfo(?)", (table,))}
+    # SQLite's names for the rowid, the first that no column of the table has taken
+    alias = next((name for name in ("rowid", "_rowid_", "oid") if name not in names), None)
+    if alias is None:
+        return None
+    return tuple(connection.exec_driver_sql(
+        f"SELECT {', '.join(quote(c) for c in columns)} FROM {quote(table)} "
+        f"WHERE {alias} = ?", (rowid,)).one())
+
+
+def describe_violations(violations: Counter) -> str:
+    by_table: Counter = Counter()
+    for (table, parent, _key), count in violations.items():
+        by_table[(table, parent)] += count
     return "; ".join(f"{count} row(s) of {table} refer to missing {parent} rows"
-                     for (table, parent), count in sorted(violations.items()))
+                     for (table, parent), count in sorted(by_table.items()))
 
 
 class RunListeners:
@@ -111,7 +141,7 @@ class RunListeners:
 
     def __init__(self, budget: WaitBudget) -> None:
         self.budget = budget
-        self.known: dict[tuple[str, str], int] | None = None  # violations before this revision
+        self.known: Counter | None = None  # violations before this revision
         self.writing = False  # the open transaction is a run's write (transactions.WRITING)
 
     def on_begin(self, connection) -> None:
@@ -138,8 +168,7 @@ class RunListeners:
         if not self.writing:
             return
         now = foreign_key_violations(connection)
-        new = {key: count - self.known.get(key, 0) for key, count in now.items()
-               if count > self.known.get(key, 0)}
+        new = now - self.known  # the rows this revision left without a parent
         if new:
             raise MigrationError("foreign key check failed, revision rolled back: "
                                  + describe_violations(new))

@@ -224,6 +224,24 @@ def test_a_foreign_key_broken_before_the_run_is_not_the_revisions_failure(sqlite
         "1 row(s) of badge refer to missing employee rows"), output
     assert project.query("SELECT count(*) FROM employee WHERE id = 5") == [(1,)]
 
+    # Mending the old orphan does not pay for a new one: rows are told by the key they miss.
+    project.add_revision("swap0001", """
+        def upgrade():
+            op.execute("DELETE FROM badge WHERE employee_id = 999")
+            op.execute("DELETE FROM employee WHERE id = 5")
+
+
+        def downgrade():
+            pass
+    """, down_revision="note0001")
+    (project.path / "migrations" / "versions" / "drop0001_test.py").unlink()
+    code, output = project.db("upgrade", "-x", "backup=off")
+    assert code == 1, output
+    assert output.strip().endswith(
+        "Error: foreign key check failed, revision rolled back: "
+        "1 row(s) of badge refer to missing employee rows"), output
+    assert project.query("SELECT employee_id FROM badge ORDER BY id") == [(999,), (5,)]
+
 
 # --- Ctrl-C -------------------------------------------------------------------------------
 
