@@ -172,7 +172,17 @@ def sent(cursor, statement: str, parameters) -> str:
     mogrify = getattr(cursor, "mogrify", None)
     if mogrify is None:
         return f"{statement} -- {parameters!r}" if parameters else statement
-    return mogrify(statement, parameters or None)
+    return mogrify(statement, parameters)
+
+
+def zeros(values):
+    """Values of the same shape, each 0: the statement parses the same whatever they are
+    (a binary value's `_binary'...'` is not what the parser is for)."""
+    if isinstance(values, dict):
+        return dict.fromkeys(values, 0)
+    if isinstance(values, (list, tuple)):
+        return (0,) * len(values)
+    return values
 
 
 class Journaled:
@@ -201,6 +211,7 @@ class Journaled:
         self.index = 0
         self.pending: list[tuple[int, str, str, str]] = []  # run, not yet committed
         self.own = False  # the journal's own statements and the blockers' query pass
+        self.kinds: dict[str, str | None] = {}  # by the statement before its values go in
 
     @contextmanager
     def installed(self) -> Iterator[None]:
@@ -225,13 +236,15 @@ class Journaled:
         """Run one statement the driver is about to send; True: it is handled."""
         if self.own:
             return False
-        text = sent(cursor, statement, parameters[0] if many and parameters else
-                    None if many else parameters)
-        what = kind(text)
+        values = parameters[0] if many and parameters else None if many else parameters
+        if statement not in self.kinds:  # what a statement is, whatever its values
+            self.kinds[statement] = kind(sent(cursor, statement, zeros(values)))
+        what = self.kinds[statement]
         if what is None:
             return False  # a read, a SET, or what the parser cannot read: it runs each time
         index = self.index
         self.index += 1
+        text = sent(cursor, statement, values)
         digest = hashlib.sha256(f"{text}\0{parameters!r}".encode() if many
                                 else text.encode()).hexdigest()
         text = one_line(text)
