@@ -189,7 +189,7 @@ class Journaled:
     """One run of a revision's upgrade (or downgrade) on MySQL/MariaDB, statement by
     statement as the driver sends them (SQLAlchemy's `do_execute` events on the migration
     engine's dialect, for this run alone): whatever runs them (an `op` operation,
-    `op.get_bind().execute()`, the app's session on the run's connection), each statement
+    `op.get_bind().execute()`, an ORM session on the run's connection), each statement
     that writes (DDL or rows, as sqlglot's MySQL parser reads it) is counted; skipped when the
     journal says it committed in an earlier run; refused if it is DDL after rows this
     revision wrote (the DDL's implicit commit would keep them whatever happens next);
@@ -211,6 +211,8 @@ class Journaled:
         self.index = 0
         self.pending: list[tuple[int, str, str, str]] = []  # run, not yet committed
         self.own = False  # the journal's own statements and the blockers' query pass
+        # The run's session, whichever SQLAlchemy connection (a branch on 1.4) sends to it.
+        self.driver_connection = connection.connection.dbapi_connection
         self.kinds: dict[str, str | None] = {}  # by the statement before its values go in
 
     @contextmanager
@@ -233,8 +235,9 @@ class Journaled:
                 sa.event.remove(dialect, name, listener)
 
     def execute(self, cursor, statement: str, parameters, execute, many: bool = False) -> bool:
-        """Run one statement the driver is about to send; True: it is handled."""
-        if self.own:
+        """Run one statement the driver is about to send; True: it is handled. Statements of
+        the engine's other sessions (the migration lock's) and the journal's own pass."""
+        if self.own or cursor.connection is not self.driver_connection:
             return False
         values = parameters[0] if many and parameters else None if many else parameters
         if statement not in self.kinds:  # what a statement is, whatever its values
@@ -284,7 +287,7 @@ class Journaled:
                       file=sys.stderr, flush=True)
                 time.sleep(pause)  # the backoff itself, not a synchronisation
         self.pending.append((index, digest, text, what))
-        if not cursor.connection.server_status & IN_TRANSACTION:  # committed, with all before
+        if not self.driver_connection.server_status & IN_TRANSACTION:  # committed, with all before
             if self.upgrade:
                 self.own = True
                 try:

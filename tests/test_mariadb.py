@@ -103,6 +103,10 @@ def downgrade():
 
 # Reads the database first: Alembic's offline rendering cannot run it, so only the check
 # of each statement as it runs sees the UPDATE before the ALTER.
+# And through an ORM session on the revision's connection, Alembic's recipe for data migrations.
+HALF_FAILING_IN_A_SESSION = HALF_FAILING_ON_THE_BIND.replace(
+    "bind = op.get_bind()", "bind = sa.orm.Session(bind=op.get_bind())")
+
 DML_FIRST_ON_THE_BIND = '''
 def upgrade():
     bind = op.get_bind()
@@ -290,8 +294,10 @@ def test_a_half_failing_revision_says_what_committed_and_resumes_once_fixed(proj
 
 
 @mariadb
-def test_statements_run_on_the_bind_are_journaled_and_resumed_too(project):
-    path = project.add_revision("half0002", HALF_FAILING_ON_THE_BIND)
+@pytest.mark.parametrize("revision", [HALF_FAILING_ON_THE_BIND, HALF_FAILING_IN_A_SESSION],
+                         ids=["bind", "session"])
+def test_statements_run_on_the_bind_are_journaled_and_resumed_too(project, revision):
+    path = project.add_revision("half0002", "import sqlalchemy.orm\n" + revision)
     code, out = project.db("upgrade")
     assert code != 0
     error = out.strip().splitlines()[-1]
