@@ -17,13 +17,6 @@ from contextlib import contextmanager
 _held: list[KeyboardInterrupt] = []  # the process's one hook: the process's one list
 
 
-def _hold(unraisable, previous) -> None:
-    if isinstance(unraisable.exc_value, KeyboardInterrupt):
-        _held.append(unraisable.exc_value)
-    else:
-        previous(unraisable)
-
-
 @contextmanager
 def held() -> Iterator[None]:
     """Hold the interrupts Python cannot raise until `raise_held()` or the end."""
@@ -33,7 +26,10 @@ def held() -> Iterator[None]:
     previous = sys.unraisablehook
 
     def hook(unraisable) -> None:
-        _hold(unraisable, previous)
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            _held.append(unraisable.exc_value)
+        else:
+            previous(unraisable)
 
     hook.safe_migrate_holds = True
     sys.unraisablehook = hook

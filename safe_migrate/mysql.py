@@ -258,8 +258,8 @@ class Journaled:
                     f"committed in an earlier run ({self.done[index][1]}); the database is "
                     f"between {self.between}: put that statement back as it was")
             return True  # committed in an earlier run: not run again
-        written = next((t for _, _, t, k in self.pending if k == "dml"), None)
-        if what == "ddl" and written is not None:
+        written = what == "ddl" and next((t for _, _, t, k in self.pending if k == "dml"), None)
+        if written:
             raise RowsBeforeDdl(
                 f"{self.label}: statement {index + 1} ({text[:80]}) is DDL, which MySQL and "
                 f"MariaDB commit together with the rows written before it ({written[:80]}); "

@@ -95,33 +95,35 @@ def foreign_key_violations(connection) -> Counter:
     told by the key it refers to, not by its rowid, which a table copy may change; the key
     is None for a WITHOUT ROWID table's rows, which the pragma does not point to."""
     found: Counter = Counter()
-    keys: dict[tuple[str, int], list[str]] = {}
-    for table, rowid, parent, fkid in connection.exec_driver_sql(
-            "PRAGMA foreign_key_check").all():
-        key = None
-        if rowid is not None:
-            if (table, fkid) not in keys:
-                keys[(table, fkid)] = [row[0] for row in connection.exec_driver_sql(
-                    'SELECT "from" FROM pragma_foreign_key_list(?) WHERE id = ? ORDER BY seq',
-                    (table, fkid))]
-            key = referring_key(connection, table, rowid, keys[(table, fkid)])
-        found[(table, parent, key)] += 1
+    rows = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+    for table, parent, fkid in dict.fromkeys((t, p, f) for t, _rowid, p, f in rows):
+        keys = None
+        if all(r[1] is not None for r in rows if (r[0], r[3]) == (table, fkid)):
+            keys = referring_keys(connection, table, fkid)
+        if keys is None:
+            found[(table, parent, None)] += sum((r[0], r[3]) == (table, fkid) for r in rows)
+        else:
+            found.update((table, parent, tuple(key)) for key in keys)
     return found
 
 
-def referring_key(connection, table: str, rowid: int, columns: list[str]) -> tuple | None:
-    """The values of `columns` in the row `rowid` of `table` (None if its columns take every
-    name of the rowid)."""
+def referring_keys(connection, table: str, fkid: int) -> list | None:
+    """The values of foreign key `fkid`'s columns in each row of `table` that the pragma
+    reports for it, in one query (None if the table's columns take every name of the
+    rowid)."""
     quote = connection.dialect.identifier_preparer.quote
+    columns = [row[0] for row in connection.exec_driver_sql(
+        'SELECT "from" FROM pragma_foreign_key_list(?) WHERE id = ? ORDER BY seq',
+        (table, fkid))]
     names = {row[0].lower() for row in connection.exec_driver_sql(
         "SELECT name FROM pragma_table_xinfo(?)", (table,))}
     # SQLite's names for the rowid, the first that no column of the table has taken
     alias = next((name for name in ("rowid", "_rowid_", "oid") if name not in names), None)
     if alias is None:
         return None
-    return tuple(connection.exec_driver_sql(
-        f"SELECT {', '.join(quote(c) for c in columns)} FROM {quote(table)} "
-        f"WHERE {alias} = ?", (rowid,)).one())
+    return connection.exec_driver_sql(
+        f"SELECT {', '.join(quote(c) for c in columns)} FROM {quote(table)} WHERE {alias} IN "
+        "(SELECT rowid FROM pragma_foreign_key_check(?) WHERE fkid = ?)", (table, fkid)).all()
 
 
 def describe_violations(violations: Counter) -> str:
